@@ -1,0 +1,65 @@
+"""Read a before/after pair onto one pixel grid, so the Change Extraction module compares like with like."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+
+from ..types import Chip
+from .raster import Bounds, crs_label, fmt_bounds, open_raster, read_chip, read_rgb, select_bands
+
+
+def read_pair(
+    before: str | Path,
+    after: str | Path,
+    *,
+    bounds: Bounds | None = None,
+    bounds_crs: Any = None,
+    bands: Any = None,
+    bands_after: Any = None,
+    max_size: int = 1024,
+) -> tuple[Chip, Chip]:
+    """Read `before` like read_chip, then `after` resampled onto exactly the before chip's grid.
+
+    Georeferenced rasters are aligned on the ground (any CRS/resolution, via WarpedVRT); two
+    non-georeferenced images are aligned pixel for pixel. `bands_after` defaults to `bands`.
+    Both GeoRefs describe the before grid."""
+    before, after = str(before), str(after)
+    first = read_chip(before, bands=bands, bounds=bounds, bounds_crs=bounds_crs, max_size=max_size)
+    grid = first.georef
+    with open_raster(after) as src:
+        indexes = select_bands(src, after, bands if bands_after is None else bands_after)
+        if (grid.crs is None) != (src.crs is None):
+            geo, plain = (before, after) if src.crs is None else (after, before)
+            raise ValueError(f"cannot align {before} and {after}: {geo} is georeferenced, {plain} is not")
+        if src.crs is None:
+            # Plain images of the same scene (e.g. LEVIR-CC PNGs): stretch after to before's size.
+            image, valid = read_rgb(src, indexes, out_shape=(grid.height, grid.width),
+                                    resampling=Resampling.bilinear)
+        else:
+            grid_crs = CRS.from_wkt(grid.crs)
+            _check_overlap(before, grid.bounds, grid_crs, after, src.bounds, src.crs)
+            # Without nodata or alpha the warper needs an added alpha band to mark pixels outside `after`.
+            with WarpedVRT(src, crs=grid_crs, transform=Affine(*grid.transform), width=grid.width,
+                           height=grid.height, resampling=Resampling.bilinear,
+                           add_alpha=src.nodata is None and ColorInterp.alpha not in src.colorinterp) as vrt:
+                image, valid = read_rgb(vrt, indexes)                     # (H, W, 3), (H, W) of the before grid
+    second = Chip(image, replace(grid, source=after, bands=indexes), valid)
+    return first, second
+
+
+def _check_overlap(before: str, grid_bounds: Bounds, grid_crs: CRS, after: str, after_bounds: Bounds,
+                   after_crs: CRS) -> None:
+    left, bottom, right, top = transform_bounds(after_crs, grid_crs, *after_bounds)
+    g_left, g_bottom, g_right, g_top = grid_bounds
+    if right <= g_left or left >= g_right or top <= g_bottom or bottom >= g_top:
+        raise ValueError(
+            f"{before} and {after} do not overlap: before extent {fmt_bounds(grid_bounds)} in "
+            f"{crs_label(grid_crs)}, after extent {fmt_bounds(after_bounds)} in {crs_label(after_crs)}")
