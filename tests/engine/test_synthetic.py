@@ -1,0 +1,262 @@
+"""The synthetic benchmark: generator -> real files -> the dataset readers; events, captions, mosaics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections import Counter
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import rasterio
+
+from unirs_engine import prompts
+from unirs_engine.data import load_samples
+from unirs_engine.data.synthetic import write_benchmark, write_mosaic_pair
+from unirs_engine.data.synthetic.captions import NO_CHANGE_SENTENCES, change_captions
+from unirs_engine.data.synthetic.command import register
+from unirs_engine.data.synthetic.events import CHANGE_EVENTS, NO_CHANGE, make_pair
+from unirs_engine.data.synthetic.render import render
+from unirs_engine.data.synthetic.scene import REGION_NAMES, make_scene
+from unirs_engine.data.synthetic.video import N_FRAMES, VIDEO_CLASSES
+from unirs_engine.data.synthetic.writer import assign_splits
+from unirs_engine.types import InputKind
+
+SMALL = dict(n_images=20, n_pairs=20, n_videos=8, size=64)
+COUNT_WORDS = ("a", "two", "several", "many")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "bench"
+    write_benchmark(out, seed=3, progress=False, **SMALL)
+    return out
+
+
+def test_readers_load_every_split_with_the_right_counts(bench):
+    per_split = {s: load_samples("synthetic", bench, split=s, protocol="full") for s in ("train", "val", "test")}
+    counts = {s: Counter(x.meta["benchmark"] for x in samples) for s, samples in per_split.items()}
+    assert counts == {"train": {"rsvqa": 16 * 6, "levir-cc": 16, "era": 6},
+                      "val": {"rsvqa": 2 * 6, "levir-cc": 2, "era": 1},
+                      "test": {"rsvqa": 2 * 6, "levir-cc": 2, "era": 1}}
+    # The GeoChat protocol (evaluation default) drops the count questions.
+    test = load_samples("synthetic", bench, split="test")
+    assert Counter(x.meta.get("question_type") for x in test if x.meta["benchmark"] == "rsvqa") == \
+        {"presence": 4, "comp": 4, "rural_urban": 2}
+    kinds = {x.meta["benchmark"]: x.kind for x in test}
+    assert kinds == {"rsvqa": InputKind.IMAGE, "levir-cc": InputKind.PAIR, "era": InputKind.SEQUENCE}
+    manifest = json.loads((bench / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and manifest["version"] == 1
+    assert manifest["counts"]["levircc"]["pairs"] == {"train": 16, "val": 2, "test": 2}
+
+
+def test_answers_are_exact_strings_and_yes_no_balanced(bench):
+    samples = load_samples("synthetic", bench, split="train", protocol="full")
+    vqa = [s for s in samples if s.meta["benchmark"] == "rsvqa"]
+    for s in vqa:
+        allowed = {"rural_urban": {"rural", "urban"}, "count": set("0123456789")}.get(s.meta["question_type"], {"yes", "no"})
+        assert s.answer in allowed, (s.instruction, s.answer)
+        assert s.instruction.endswith("\n" + prompts.SHORT_ANSWER_SUFFIX)
+    yes_no = Counter(s.answer for s in vqa if s.meta["question_type"] in ("presence", "comp"))
+    assert abs(yes_no["yes"] - yes_no["no"]) <= 0.15 * sum(yes_no.values())
+    layouts = Counter(s.answer for s in vqa if s.meta["question_type"] == "rural_urban")
+    assert layouts == {"rural": 8, "urban": 8}
+
+
+def test_pairs_are_georeferenced_geotiffs_with_five_consistent_captions(bench):
+    pairs = [s for s in load_samples("synthetic", bench, split="train") if s.kind is InputKind.PAIR]
+    assert sum(s.meta["changeflag"] for s in pairs) == 8      # half of the 16 train pairs changed
+    for s in pairs:
+        assert len(s.references) == 5 and len(set(s.references)) == 5
+        assert all(prompts.says_no_change(c) == (s.meta["changeflag"] == 0) for c in s.references), s.references
+        with rasterio.open(s.images[0]) as a, rasterio.open(s.images[1]) as b:
+            assert a.crs is not None and a.crs.to_epsg() // 100 == 326     # UTM north
+            assert (a.crs, a.transform) == (b.crs, b.transform)            # the same place at two dates
+            assert (a.count, a.width, a.height, a.dtypes[0]) == (3, 64, 64, "uint8")
+            assert a.profile["tiled"] and a.compression.name == "lzw"
+
+
+def test_videos_decode_with_the_right_frame_count_and_stacks_carry_dates(bench):
+    videos = [s for s in load_samples("synthetic", bench, split="train") if s.kind is InputKind.SEQUENCE]
+    for s in videos:
+        assert s.meta["class"] in VIDEO_CLASSES and s.references == [s.meta["class"]]
+        with av.open(s.video) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        assert len(frames) == N_FRAMES and frames[0].shape == (64, 64, 3)
+    stack = sorted((bench / "era" / "stacks").iterdir())[0]
+    tifs = sorted(stack.glob("frame_*.tif"))
+    assert len(tifs) == N_FRAMES
+    with rasterio.open(tifs[0]) as first, rasterio.open(tifs[-1]) as last:
+        assert first.crs is not None
+        assert first.tags()["ACQUISITION_DATE"] < last.tags()["ACQUISITION_DATE"]
+
+
+def test_same_seed_same_json_other_seed_differs(bench, tmp_path):
+    again = tmp_path / "again"
+    write_benchmark(again, seed=3, progress=False, **SMALL)
+    jsons = sorted(p.relative_to(bench) for p in bench.rglob("*.json"))
+    assert len(jsons) == 3 * 3 + 3     # 9 RSVQA files, captions, ERA split, manifest
+    for rel in jsons:
+        assert (bench / rel).read_bytes() == (again / rel).read_bytes(), rel
+    other = tmp_path / "other"
+    write_benchmark(other, seed=4, progress=False, **SMALL)
+    assert (other / "levircc/LevirCCcaptions.json").read_bytes() != (bench / "levircc/LevirCCcaptions.json").read_bytes()
+
+
+def test_existing_output_is_refused_then_replaced_with_overwrite(tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    tiny = dict(n_images=2, n_pairs=2, n_videos=0, size=32)
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_benchmark(out, seed=0, progress=False, **tiny)
+    write_benchmark(out, seed=0, progress=False, overwrite=True, **tiny)
+    assert not (out / "old.txt").exists() and (out / "manifest.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]   # no temporary folders left
+    assert load_samples("era", out / "era", split="train") == []
+    with pytest.raises(ValueError, match="even number"):
+        write_benchmark(tmp_path / "c", seed=0, progress=False, n_images=1, n_pairs=1, n_videos=1, size=33)
+
+
+def test_killed_run_leaves_no_benchmark(tmp_path):
+    out = tmp_path / "killed"
+    code = ("import sys; from unirs_engine.data.synthetic import write_benchmark; "
+            f"write_benchmark({str(out)!r}, seed=0, n_images=5000, n_pairs=0, n_videos=0, size=32, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".killed.partial-*/rsvqa/Images_LR/3.tif")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the generator never started writing"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not out.exists()
+
+
+def test_assign_splits_exact_shares_spread_over_groups():
+    groups = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
+    labels = assign_splits(groups, (0.8, 0.1, 0.1), np.random.default_rng(0))
+    assert Counter(labels) == {"train": 80, "val": 10, "test": 10}
+    for g, n in (("a", 50), ("b", 30), ("c", 20)):
+        test = sum(1 for x, l in zip(groups, labels) if x == g and l == "test")
+        assert abs(test - n / 10) <= 1
+
+
+def test_every_changed_caption_says_what_how_many_and_where():
+    assert all(prompts.says_no_change(s) for s in NO_CHANGE_SENTENCES)
+    for event in CHANGE_EVENTS:
+        for i in range(15):
+            rng = np.random.default_rng([11, i])
+            before, change = make_pair(rng, event)
+            captions = change_captions(change, rng)
+            assert len(set(captions)) == 5
+            for c in captions:
+                assert not prompts.says_no_change(c), c
+                assert REGION_NAMES[change.region] in c, c
+                if event != "flood":   # floods name the lake or river instead of a count
+                    assert re.match(rf"^(there (is|are) |the crops in )?({'|'.join(COUNT_WORDS)}) ", c), c
+
+
+def test_changes_are_visible_and_no_change_differs_only_by_noise():
+    for event in CHANGE_EVENTS:
+        for i in range(10):
+            before, change = make_pair(np.random.default_rng([12, i]), event)
+            changed = np.abs(render(before, 64) - render(change.after, 64)).max(-1) > 20   # (64, 64)
+            assert changed.mean() >= 0.004, (event, i)   # at least one whole building's worth
+    before, change = make_pair(np.random.default_rng(0), NO_CHANGE)
+    np.testing.assert_array_equal(render(before, 64), render(change.after, 64))
+
+
+def test_scene_layouts_and_water_is_visible_where_the_scene_says():
+    for i in range(12):
+        scene = make_scene(np.random.default_rng([13, i]), "urban" if i % 2 else "rural")
+        if scene.layout == "urban":
+            assert scene.count("building") >= 5 and scene.count("road") >= 1
+        else:
+            assert scene.count("building") <= 3
+        rgb = render(scene, 64)
+        water = (rgb[..., 0] < 70) & (rgb[..., 2] > rgb[..., 0] + 40)
+        assert (water.mean() > 0.01) == (scene.count("water") > 0), i
+
+
+def test_synth_command_registers_and_runs(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="unirs")
+    register(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "cli"
+    args = parser.parse_args(["synth", "--out", str(out), "--seed", "1", "--images", "2", "--pairs", "2",
+                              "--videos", "1", "--size", "32", "--quiet"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "samples/s" in printed and "2 (2/0/0 train/val/test) pairs" in printed
+    assert args.func(args) == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_synth_mosaic_command(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="unirs")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["synth-mosaic", "--out", str(tmp_path / "m"), "--size", "256", "--tile", "128",
+                              "--after-crs", "EPSG:4326"])
+    assert args.func(args) == 0
+    assert "changes.json" in capsys.readouterr().out
+    with rasterio.open(tmp_path / "m" / "after_2023-06-01.tif") as a:
+        assert a.crs.to_epsg() == 4326
+    args.after_crs = "EPSG:99999999"
+    assert args.func(args) == 2 and "after_crs 'EPSG:99999999' is not a CRS" in capsys.readouterr().err
+
+
+def test_unirs_cli_runs_synth(tmp_path):
+    out = tmp_path / "via-cli"
+    run = subprocess.run([sys.executable, "-m", "unirs_engine.cli", "synth", "--out", str(out), "--images", "1",
+                          "--pairs", "1", "--videos", "1", "--size", "32", "--quiet"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr
+    assert (out / "manifest.json").is_file()
+
+
+def test_mosaic_pair_warped_with_hole_and_ground_truth(tmp_path):
+    before, after = write_mosaic_pair(tmp_path / "m", size=640, seed=2, tile=128, change_fraction=0.25,
+                                      after_crs="EPSG:3857", after_res_factor=1.5, nodata_hole=True)
+    truth = json.loads((tmp_path / "m" / "changes.json").read_text())
+    assert len(truth["changed"]) == round(0.25 * 25)
+    assert all(t["event"] in CHANGE_EVENTS and len(t["captions"]) == 5 for t in truth["changed"])
+    with rasterio.open(before) as b, rasterio.open(after) as a:
+        assert b.crs.to_string() == truth["crs"] and b.shape == (640, 640) and b.nodata is None
+        assert a.crs.to_epsg() == 3857 and a.nodata == 0
+        assert a.res[0] > 1.4 * b.res[0]                 # coarser than the default warp resolution
+        assert b.overviews(1) == [2] and b.profile["tiled"] and b.compression.name == "lzw"
+        assert b.tags()["ACQUISITION_DATE"] < a.tags()["ACQUISITION_DATE"]
+        hole = rasterio.windows.from_bounds(*truth["nodata_hole"]["bounds"], transform=a.transform)
+        centre = a.read(1, window=rasterio.windows.Window(hole.col_off + hole.width / 2 - 2,
+                                                          hole.row_off + hole.height / 2 - 2, 4, 4))
+        assert (centre == 0).all()
+
+
+def test_mosaic_ground_truth_tiles_are_where_the_pixels_changed(tmp_path):
+    before, after = write_mosaic_pair(tmp_path / "m", size=512, seed=5, tile=128, change_fraction=0.3)
+    truth = json.loads((tmp_path / "m" / "changes.json").read_text())
+    changed = {(t["row"], t["col"]) for t in truth["changed"]}
+    with rasterio.open(before) as b, rasterio.open(after) as a:
+        assert (a.crs, a.transform) == (b.crs, b.transform)
+        diff = np.abs(b.read().astype(int) - a.read().astype(int)).max(0) > 40      # (512, 512)
+    moved = {(r, c) for r in range(4) for c in range(4) if diff[r * 128:(r + 1) * 128, c * 128:(c + 1) * 128].mean() > 0.003}
+    assert moved == changed
+
+
+def test_mosaic_streams_tile_by_tile(tmp_path):
+    tracemalloc.start()
+    try:
+        write_mosaic_pair(tmp_path / "big", size=2048, seed=0, tile=256)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2048 * 2048 * 3 / 2      # never near one whole uint8 mosaic in memory

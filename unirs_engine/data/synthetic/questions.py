@@ -1,0 +1,57 @@
+"""RSVQA-LR-style questions about one scene, answered from its object list.
+
+Per image: two presence and two comparison questions (one "yes" and one "no" each whenever the
+scene allows), one rural/urban and one count question. Answers are exactly "yes", "no", "rural",
+"urban" or a number "0".."9".
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from .scene import NOUNS, Scene
+
+QUESTION_TYPES = ("presence", "comp", "rural_urban", "count")
+_PRESENCE = ("Is there a {one}?", "Is a {one} present?", "Are there {many}?")
+_COMPARE = {
+    "more": "Are there more {a} than {b}?",
+    "less": "Are there less {a} than {b}?",
+    "equal": "Is the number of {a} equal to the number of {b}?",
+}
+
+
+def scene_questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str, str]]:
+    """(question_type, question, answer) tuples for `scene`."""
+    first = bool(rng.random() < 0.5)   # which of the two presence/comparison questions is "yes"
+    return [
+        _presence(scene, rng, first), _presence(scene, rng, not first),
+        _comparison(scene, rng, first), _comparison(scene, rng, not first),
+        ("rural_urban", "Is it a rural or an urban area?", scene.layout),
+        _count(scene, rng),
+    ]
+
+
+def _presence(scene: Scene, rng: np.random.Generator, want_yes: bool) -> tuple[str, str, str]:
+    kinds = [k for k in NOUNS if (scene.count(k) > 0) == want_yes] or list(NOUNS)
+    kind = kinds[int(rng.integers(len(kinds)))]
+    one, many = NOUNS[kind]
+    template = _PRESENCE[int(rng.integers(len(_PRESENCE)))]
+    return "presence", template.format(one=one, many=many), "yes" if scene.count(kind) > 0 else "no"
+
+
+def _comparison(scene: Scene, rng: np.random.Generator, want_yes: bool) -> tuple[str, str, str]:
+    options = []
+    for (a, b), how in itertools.product(itertools.permutations(NOUNS, 2), _COMPARE):
+        na, nb = scene.count(a), scene.count(b)
+        yes = na > nb if how == "more" else na < nb if how == "less" else na == nb
+        options.append((yes, a, b, how))
+    matching = [o for o in options if o[0] == want_yes] or options
+    yes, a, b, how = matching[int(rng.integers(len(matching)))]
+    return "comp", _COMPARE[how].format(a=NOUNS[a][1], b=NOUNS[b][1]), "yes" if yes else "no"
+
+
+def _count(scene: Scene, rng: np.random.Generator) -> tuple[str, str, str]:
+    kind = "building" if rng.random() < 0.5 else list(NOUNS)[int(rng.integers(len(NOUNS)))]
+    return "count", f"How many {NOUNS[kind][1]} are there?", str(scene.count(kind))
