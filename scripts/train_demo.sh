@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The demo model recipe: synthetic benchmark -> align (stage 0) -> cem -> instruct -> eval,
+# then models/demo. Every stage resumes from its newest state-<step> when rerun after a kill.
+#
+#   scripts/train_demo.sh          full size (CPU, see docs/training.md for times); writes models/demo
+#   scripts/train_demo.sh smoke    toy size, a few minutes, checks the chain; models/demo untouched
+#
+# Environment: PYTHON (default .venv/bin/python), RUN (default runs/demo or runs/demo-smoke),
+# LAUNCH (default "$PYTHON -m"; e.g. "accelerate launch -m" for GPUs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SIZE=${1:-full}
+PYTHON=${PYTHON:-.venv/bin/python}
+LAUNCH=${LAUNCH:-"$PYTHON -m"}
+case "$SIZE" in
+  full)
+    RUN=${RUN:-runs/demo}
+    SYNTH=(--images 2000 --pairs 1500 --videos 600 --size 256)
+    LIMITS=()
+    ;;
+  smoke)
+    RUN=${RUN:-runs/demo-smoke}
+    SYNTH=(--images 20 --pairs 20 --videos 10 --size 64)
+    LIMITS=(--set max_steps=3 --set batch_size=2 --set save_every=2 --set log_every=1)
+    ;;
+  *) echo "usage: $0 [full|smoke]" >&2; exit 2 ;;
+esac
+DATA="$RUN/data"
+unirs() { $PYTHON -m unirs_engine.cli "$@"; }
+train() { $LAUNCH unirs_engine.cli train "$@"; }
+
+# The newest resumable state of a stage's run folder, as --resume arguments (none if fresh).
+resume_args() {
+  local latest
+  latest=$(ls -d "$1"/state-* 2>/dev/null | sort -t- -k2 -n | tail -n 1 || true)
+  [[ -n "$latest" ]] && echo "--resume $latest" || true
+}
+
+stage() {  # stage NAME CONFIG OUT [--set ...]: skipped when OUT/checkpoint exists
+  local name=$1 config=$2 out=$3
+  shift 3
+  if [[ -d "$out/checkpoint" ]]; then
+    echo "== $name: $out/checkpoint exists, skipping"
+    return
+  fi
+  echo "== $name"
+  # shellcheck disable=SC2046
+  train "$name" --config "$config" --set "out=$out" "$@" "${LIMITS[@]}" $(resume_args "$out")
+}
+
+if [[ ! -f "$DATA/manifest.json" ]]; then
+  echo "== synthetic benchmark -> $DATA"
+  unirs synth --out "$DATA" --seed 0 "${SYNTH[@]}"
+fi
+
+stage align configs/demo-align.json "$RUN/align" \
+  --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/era" \
+  --set "tokenizer_data.0.root=$DATA/levircc"
+stage cem configs/demo-cem.json "$RUN/cem" \
+  --set "model=$RUN/align/checkpoint" --set "data.root=$DATA/levircc"
+stage instruct configs/demo-instruct.json "$RUN/instruct" \
+  --set "model=$RUN/cem/checkpoint" --set "data.0.root=$DATA/rsvqa" \
+  --set "data.1.root=$DATA/levircc" --set "data.2.root=$DATA/era"
+
+echo "== eval"
+unirs eval --model "$RUN/instruct/checkpoint" --task synthetic --data "$DATA" --out "$RUN/eval" \
+  --split test
+
+if [[ "$SIZE" == full ]]; then
+  echo "== models/demo"
+  rm -rf models/.demo.tmp
+  mkdir -p models
+  cp -r "$RUN/instruct/checkpoint" models/.demo.tmp
+  rm -rf models/demo
+  mv models/.demo.tmp models/demo
+fi
+echo "done: $RUN"

@@ -1,0 +1,374 @@
+"""Training stages on tiny data: configs, labels, loss falling, freezing, resume, saved checkpoints."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from unirs_engine import prompts
+from unirs_engine.inputs.preprocess import ImagePreprocessor
+from unirs_engine.model.checkpoint import load_checkpoint
+from unirs_engine.testing.rasters import write_raster, write_video
+from unirs_engine.train.config import ConfigError, DatasetSpec, load_config
+from unirs_engine.train.data import InstructionDataset, SkippedSampleWarning, collate
+from unirs_engine.types import InputKind, Sample
+
+SIZE = 48  # pixels of the fixture rasters and video frames
+
+
+def scene(seed: int, water: bool) -> np.ndarray:
+    """(3, H, W) uint8: textured ground, with a blue square when `water`."""
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(60, 140, (3, SIZE, SIZE), dtype=np.uint8)
+    if water:
+        rgb[:, 10:30, 10:30] = np.array([20, 40, 200], np.uint8)[:, None, None]
+    return rgb
+
+
+def write_rsvqa_lr(root, n_images=2):
+    """RSVQA-LR files: LR_split_train_{images,questions,answers}.json + Images_LR/{id}.tif."""
+    (root / "Images_LR").mkdir(parents=True)
+    images, questions, answers = [], [], []
+    for i in range(n_images):
+        write_raster(root / "Images_LR" / f"{i}.tif", scene(i, water=i % 2 == 0))
+        qid = len(questions)
+        images.append({"id": i, "questions_ids": [qid], "active": True})
+        questions.append({"id": qid, "img_id": i, "type": "presence", "question": "Is there a water area?",
+                          "answers_ids": [qid], "active": True})
+        answers.append({"id": qid, "question_id": qid, "answer": "yes" if i % 2 == 0 else "no",
+                        "active": True})
+    for name, key, records in (("images", "images", images), ("questions", "questions", questions),
+                               ("answers", "answers", answers)):
+        (root / f"LR_split_train_{name}.json").write_text(json.dumps({key: records}))
+    return root
+
+
+def write_levircc(root, n_pairs=2):
+    """LEVIR-CC: LevirCCcaptions.json + images/train/{A,B}/<name>.tif."""
+    captions = ["many buildings have been built on the bare land", "a lake has appeared in the centre"]
+    records = []
+    for i in range(n_pairs):
+        name = f"train_{i:06d}.tif"
+        for side, water in (("A", False), ("B", True)):
+            (root / "images" / "train" / side).mkdir(parents=True, exist_ok=True)
+            write_raster(root / "images" / "train" / side / name, scene(10 + i, water))
+        sentences = [{"tokens": c.split(), "raw": f" {c} .", "imgid": i, "sentid": 5 * i + j}
+                     for j, c in enumerate(captions[i % 2:] + captions[:i % 2])]
+        records.append({"filename": name, "filepath": "train", "split": "train", "changeflag": 1,
+                        "imgid": i, "sentids": [s["sentid"] for s in sentences], "sentences": sentences})
+    (root / "LevirCCcaptions.json").write_text(json.dumps({"images": records}))
+    return root
+
+
+def write_era(root):
+    """ERA: <class>/<video>.mp4 + split.json."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for label, water in (("flood", True), ("non-event", False)):
+        (root / label).mkdir(parents=True)
+        frames = np.stack([np.moveaxis(scene(20 + k, water), 0, -1) for k in range(6)])  # (6, H, W, 3)
+        frames = np.clip(frames.astype(int) + rng.integers(-3, 4, frames.shape), 0, 255).astype(np.uint8)
+        write_video(root / label / "v0.mp4", frames)
+        paths.append(f"{label}/v0.mp4")
+    (root / "split.json").write_text(json.dumps({"train": paths, "test": []}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train-data")
+    return {"rsvqa": write_rsvqa_lr(root / "rsvqa"), "levircc": write_levircc(root / "levircc"),
+            "era": write_era(root / "era")}
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    return load_checkpoint(tiny_checkpoint)
+
+
+def mixture(datasets, repeats=(1, 1, 1)):
+    return [{"task": "rsvqa-lr", "root": str(datasets["rsvqa"]), "repeat": repeats[0]},
+            {"task": "levir-cc", "root": str(datasets["levircc"]), "repeat": repeats[1]},
+            {"task": "era", "root": str(datasets["era"]), "repeat": repeats[2]}]
+
+
+# ---- config ---------------------------------------------------------------------------------------
+
+def write_json(path, obj):
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_config_file_with_overrides(tmp_path):
+    path = write_json(tmp_path / "c.json", {
+        "_comment": "ignored", "out": "runs/x", "model": "ckpt", "batch_size": 2,
+        "data": [{"task": "rsvqa-lr", "root": "d/rsvqa"}, {"task": "era", "root": "d/era", "repeat": 10}]})
+    config = load_config("instruct", path, ["lr=2e-4", "data.1.repeat=5", "data.0.options.protocol=geochat",
+                                            "out=runs/y", "gradient_checkpointing=true"])
+    assert config.lr == 2e-4 and config.batch_size == 2 and config.out == "runs/y"
+    assert config.gradient_checkpointing is True
+    assert config.data[1] == DatasetSpec(task="era", root="d/era", repeat=5)
+    assert config.data[0].options == {"protocol": "geochat"}
+    assert config.warmup_ratio == 0.03 and config.max_length == 4096  # the paper's defaults
+
+
+@pytest.mark.parametrize("content, overrides, message", [
+    ({"out": "o", "model": "m", "data": [{"task": "era", "root": "r"}], "lr_rate": 1}, [],
+     r"unknown key 'lr_rate'"),
+    ({"out": "o", "model": "m", "data": [{"task": "era", "root": "r"}]}, ["batch_size=two"],
+     r"batch_size: expected int"),
+    ({"out": "o", "model": "m", "data": [{"task": "era", "root": "r", "repeat": 0}]}, [],
+     r"data\.0\.repeat: must be >= 1"),
+    ({"out": "o", "model": "m", "data": [{"root": "r"}]}, [], r"missing required key data\.0\.'task'"),
+    ({"model": "m", "data": [{"task": "era", "root": "r"}]}, [], r"missing required key 'out'"),
+    ({"out": "o", "data": [{"task": "era", "root": "r"}]}, [], r"model: required"),
+    ({"out": "o", "model": "m", "data": [{"task": "era", "root": "r"}]}, ["data.3.repeat=2"],
+     r"data\.3\.repeat: no such entry"),
+])
+def test_config_errors_name_file_and_key(tmp_path, content, overrides, message):
+    path = write_json(tmp_path / "bad.json", content)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config("instruct", path, overrides)
+    assert str(path) in str(info.value)
+
+
+def test_config_invalid_json_names_line(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{\n  "out": "o",\n  "lr": ,\n}')
+    with pytest.raises(ConfigError, match=r"broken\.json: invalid JSON at line 3"):
+        load_config("cem", path)
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+def make_dataset(loaded, samples, **kw):
+    preprocessor = ImagePreprocessor(loaded.image_processor, loaded.model.config["image_aspect_ratio"])
+    options = {"tokens_per_slot": ((loaded.model.vision_tower.grid + 1) // 2) ** 2, "max_length": 4096,
+               "num_frames": 4, **kw}
+    return InstructionDataset(samples, loaded.tokenizer, preprocessor, **options)
+
+
+def test_labels_keep_only_the_answer(loaded, datasets):
+    tokenizer = loaded.tokenizer
+    video = str(datasets["era"] / "flood" / "v0.mp4")
+    sample = Sample("v", InputKind.SEQUENCE, [], prompts.classify_instruction(("flood", "non-event")),
+                    ["flood"], video=video)
+    item = make_dataset(loaded, [sample])[0]
+    ids, labels = item["input_ids"], item["labels"]
+    assert item["pixel_values"].shape == (4, 3, 70, 70)
+    assert ids.count(prompts.IMAGE_TOKEN_INDEX) == 4                       # one slot per frame
+    kept = [i for i, label in enumerate(labels) if label != prompts.IGNORE_INDEX]
+    assert kept == list(range(kept[0], len(ids)))                          # one block, at the end
+    assert [ids[i] for i in kept] == labels[kept[0]:]
+    assert labels[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(labels[kept[0]:-1]).strip() == "flood"
+    prompt = tokenizer.decode([t for t in ids[:kept[0]] if t >= 0])
+    assert prompt.rstrip().endswith("ASSISTANT:") and prompts.TASK_TAGS[InputKind.SEQUENCE] in prompt
+
+
+def test_truncation_never_cuts_visual_slots(loaded, datasets):
+    image = str(datasets["rsvqa"] / "Images_LR" / "0.tif")
+    long_answer = " ".join(["several buildings near the river"] * 20)
+    sample = Sample("long", InputKind.IMAGE, [image], "Describe the image.", [long_answer])
+    full = make_dataset(loaded, [sample])[0]
+    t = ((loaded.model.vision_tower.grid + 1) // 2) ** 2
+    spliced = len(full["input_ids"]) + t - 1
+    limit = spliced - 10
+    cut = make_dataset(loaded, [sample], max_length=limit)[0]
+    assert len(cut["input_ids"]) + t - 1 == limit
+    assert cut["input_ids"] == full["input_ids"][:len(cut["input_ids"])]
+    assert cut["input_ids"].count(prompts.IMAGE_TOKEN_INDEX) == 1
+    # No room left for any answer token: reported and replaced by the next sample.
+    short = Sample("short", InputKind.IMAGE, [image], "Is there water?", ["yes"])
+    answer_start = next(i for i, label in enumerate(full["labels"]) if label != prompts.IGNORE_INDEX)
+    with pytest.warns(SkippedSampleWarning, match=r"sample 'long'.*do not fit max_length"):
+        item = make_dataset(loaded, [sample, short], max_length=answer_start + t - 1)[0]
+    assert item["sample_id"] == "short"
+
+
+def test_unreadable_sample_is_reported_and_skipped(loaded, datasets, tmp_path):
+    good = Sample("good", InputKind.IMAGE, [str(datasets["rsvqa"] / "Images_LR" / "1.tif")], "Water?", ["no"])
+    missing = Sample("gone", InputKind.PAIR, [str(tmp_path / "a.tif"), str(tmp_path / "b.tif")], "Change?",
+                     ["none"])
+    log = tmp_path / "skipped.jsonl"
+    dataset = make_dataset(loaded, [missing, good], skip_log=log)
+    with pytest.warns(SkippedSampleWarning, match=r"sample 'gone' \(.*a\.tif"):
+        item = dataset[0]
+    assert item["sample_id"] == "good"
+    assert "a.tif" in json.loads(log.read_text().splitlines()[0])["error"]
+
+
+def test_clues_go_into_the_prompt(loaded, datasets, tmp_path):
+    from unirs_engine.train.data import SampleError, load_clues
+
+    image = str(datasets["rsvqa"] / "Images_LR" / "0.tif")
+    samples = [Sample("q1", InputKind.IMAGE, [image], "Is there water?", ["yes"]),
+               Sample("q2", InputKind.IMAGE, [image], "Is it urban?", ["no"])]
+    clue_file = tmp_path / "clues.jsonl"
+    clue_file.write_text('{"id": "q1", "clue": "a blue lake in the centre"}\n\n'
+                         '{"id": "q2", "clue": "fields and trees"}\n')
+    item = make_dataset(loaded, samples, clues=load_clues(clue_file))[0]
+    text = loaded.tokenizer.decode([t for t in item["input_ids"] if t >= 0])
+    assert "Is there water?\nClue: a blue lake in the centre ASSISTANT:" in text
+    with pytest.raises(SampleError, match=r"no clue for 1 of 2 samples \(first: 'q2'\)"):
+        make_dataset(loaded, samples, clues={"q1": "a lake"})
+    clue_file.write_text('{"id": "q1"}\n')
+    with pytest.raises(SampleError, match=r"clues\.jsonl:1: expected"):
+        load_clues(clue_file)
+
+
+def test_collate_keeps_variable_image_counts(loaded, datasets):
+    samples = [Sample("i", InputKind.IMAGE, [str(datasets["rsvqa"] / "Images_LR" / "0.tif")], "Water?", ["yes"]),
+               Sample("v", InputKind.SEQUENCE, [], "Event?", ["flood"],
+                      video=str(datasets["era"] / "flood" / "v0.mp4"))]
+    dataset = make_dataset(loaded, samples)
+    batch = collate([dataset[0], dataset[1]])
+    assert [p.shape[0] for p in batch["pixel_values"]] == [1, 4]
+    assert batch["kind"] == [InputKind.IMAGE, InputKind.SEQUENCE]
+
+
+def test_all_references_gives_one_item_per_caption(loaded, datasets):
+    root = datasets["levircc"] / "images" / "train"
+    sample = Sample("p", InputKind.PAIR, [str(root / "A" / "train_000000.tif"), str(root / "B" / "train_000000.tif")],
+                    prompts.CHANGE_DESCRIBE_INSTRUCTION, ["a road was built", "a lake has appeared"])
+    assert len(make_dataset(loaded, [sample])) == 1
+    both = make_dataset(loaded, [sample], all_references=True)
+    answers = [loaded.tokenizer.decode([t for t in both[i]["labels"] if t >= 0][:-1]).strip() for i in range(2)]
+    assert answers == ["a road was built", "a lake has appeared"]
+
+
+# ---- stages ---------------------------------------------------------------------------------------
+
+def losses(out):
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def tensors(folder):
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+def instruct_config(out, model, datasets, *overrides):
+    # 6 items in one batch of 6: every step sees the same fixed batch
+    return load_config("instruct", None, [f"out={out}", f"model={model}", "data=" + json.dumps(mixture(datasets)),
+                                          "batch_size=6", "max_steps=25", "epochs=100", "lr=5e-3", "warmup_ratio=0",
+                                          "num_frames=4", "max_length=1024", "log_every=1", *overrides])
+
+
+@pytest.fixture(scope="module")
+def instruct_run(tiny_checkpoint, datasets, tmp_path_factory):
+    from unirs_engine.train.instruct import train_instruct
+
+    out = tmp_path_factory.mktemp("instruct")
+    return out, train_instruct(instruct_config(out, tiny_checkpoint, datasets))
+
+
+def test_instruct_loss_falls_on_a_fixed_batch(instruct_run):
+    out, _ = instruct_run
+    curve = losses(out)
+    assert len(curve) == 25
+    assert curve[-1] < 0.5 * curve[0]
+
+
+def test_instruct_freezes_tower_cem_projector_and_tunes_llm(instruct_run, tiny_checkpoint):
+    _, final = instruct_run
+    for part in ("vision_tower", "mm_projector"):
+        before, after = tensors(tiny_checkpoint / part), tensors(final / part)
+        assert before.keys() == after.keys()
+        for key in before:  # incl. the CEM's BatchNorm running_mean/var/num_batches_tracked
+            assert torch.equal(before[key], after[key]), f"{part}: {key} moved"
+    assert any(k.startswith("layers.change.LN.left.1.running_mean") for k in before)
+    before, after = tensors(tiny_checkpoint / "llm"), tensors(final / "llm")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == len(before)  # every LLM tensor got updates
+
+
+def test_instruct_output_loads_and_generates(instruct_run):
+    _, final = instruct_run
+    model = load_checkpoint(final)
+    assert model.model.config["chg"] is True and model.model.mm_projector.has_change
+    ids = prompts.encode(model.tokenizer, prompts.user_message(InputKind.IMAGE, "Water?", 1))[0]
+    slots = torch.zeros(1, ((model.model.vision_tower.grid + 1) // 2) ** 2, model.model.llm.config.hidden_size)
+    assert len(model.model.generate([ids], [slots], max_new_tokens=3)[0]) <= 3
+
+
+def test_resumed_run_ends_on_the_same_weights(tiny_checkpoint, datasets, tmp_path):
+    from unirs_engine.train.instruct import train_instruct
+
+    # 6 items in batches of 2 with accumulation 2: 2 optimizer steps per epoch, so state-3 is mid-epoch.
+    args = ("batch_size=2", "grad_accum=2", "max_steps=6")
+    whole = train_instruct(instruct_config(tmp_path / "whole", tiny_checkpoint, datasets, *args, "save_every=3"))
+    assert (tmp_path / "whole" / "state-3" / "progress.json").is_file()
+    resumed = train_instruct(instruct_config(tmp_path / "resumed", tiny_checkpoint, datasets, *args),
+                             resume=tmp_path / "whole" / "state-3")
+    a, b = tensors(whole / "llm"), tensors(resumed / "llm")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [json.loads(l)["step"] for l in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()] == [4, 5, 6]
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")[3:]
+
+
+def test_cem_pretraining_from_a_plain_vila_checkpoint(datasets, tmp_path):
+    from unirs_engine.testing.tiny import build_tiny_vila_checkpoint
+    from unirs_engine.train.cem_pretrain import train_cem
+
+    vila = build_tiny_vila_checkpoint(tmp_path / "vila")
+    config = load_config("cem", None, [
+        f"out={tmp_path / 'cem'}", f"model={vila}", "data=" + json.dumps(mixture(datasets)[1]),
+        "batch_size=4", "max_steps=25", "epochs=100", "lr=3e-3", "min_word_count=1", "log_every=1",
+        "lr_step_epochs=100", "dropout=0"])  # 2 pairs x 2 captions: one fixed batch of 4
+    final = train_cem(config)
+    curve = losses(tmp_path / "cem")
+    assert curve[-1] < 0.5 * curve[0]
+    projector = tensors(final / "mm_projector")
+    change = {k for k in projector if k.startswith("layers.change.")}
+    assert change and set(projector) - change == {k.replace("layers.", "layers.single.")
+                                                  for k in tensors(vila / "mm_projector")}
+    assert projector["layers.change.LN.left.1.num_batches_tracked"].item() == 25  # BN trained
+    for part in ("vision_tower", "llm"):
+        before, after = tensors(vila / part), tensors(final / part)
+        assert all(torch.equal(before[k], after[k]) for k in before)
+    assert load_checkpoint(final).model.config["chg"] is True
+    vocab = json.loads((tmp_path / "cem" / "vocab.json").read_text())
+    assert [vocab[w] for w in ("<NULL>", "<UNK>", "<START>", "<END>")] == [0, 1, 2, 3] and "lake" in vocab
+
+
+def test_align_from_scratch(datasets, tmp_path):
+    from unirs_engine.train.align import train_align
+
+    spec = {"image_size": 56, "patch_size": 14, "vision_hidden": 32, "vision_layers": 2, "vision_heads": 2,
+            "vision_intermediate": 64, "llm_hidden": 64, "llm_layers": 2, "llm_heads": 4, "llm_intermediate": 128}
+    data = [mixture(datasets)[0], mixture(datasets)[2]]
+    config = load_config("align", None, [
+        f"out={tmp_path / 'align'}", "model_spec=" + json.dumps(spec), "vocab_size=400",
+        "data=" + json.dumps(data), "tokenizer_data=" + json.dumps([mixture(datasets)[1]]),
+        "batch_size=4", "max_steps=25", "epochs=100", "lr=5e-3", "warmup_ratio=0", "num_frames=4", "log_every=1"])
+    final = train_align(config)
+    curve = losses(tmp_path / "align")
+    assert curve[-1] < 0.5 * curve[0]
+    model = load_checkpoint(final)
+    assert model.model.vision_tower.grid == 4 and model.model.mm_projector.has_change
+    assert (final / "llm" / "tokenizer.model").is_file()
+    # The vocabulary covers the change captions it has not trained on (tokenizer_data).
+    assert model.tokenizer.unk_token_id not in model.tokenizer("bare land")["input_ids"]
+
+
+def test_train_command(tiny_checkpoint, datasets, tmp_path, capsys):
+    from unirs_engine.train.command import register
+
+    parser = argparse.ArgumentParser(prog="unirs")
+    register(parser.add_subparsers(dest="command"))
+    path = write_json(tmp_path / "instruct.json", {"out": str(tmp_path / "run"), "model": str(tiny_checkpoint),
+                                                   "data": mixture(datasets), "num_frames": 2})
+    args = parser.parse_args(["train", "instruct", "--config", str(path), "--set", "max_steps=2",
+                              "--set", "batch_size=3"])
+    assert args.func(args) == 0
+    assert f"checkpoint: {tmp_path / 'run' / 'checkpoint'}" in capsys.readouterr().out
+    assert len(losses(tmp_path / "run")) == 2
+    bad = parser.parse_args(["train", "instruct", "--config", str(path), "--set", "lr=-1"])
+    assert bad.func(bad) == 2
+    assert "lr: must be > 0" in capsys.readouterr().err

@@ -1,0 +1,187 @@
+"""Training data: Samples -> (kind, pixel_values, input_ids, labels), mixtures with repeats, collate.
+
+The prompt is built exactly as at inference (prompts.user_message + prompts.encode), so the loss
+falls only on the answer. A sample that cannot be read or does not fit is reported (warning +
+skip log) and replaced by the next readable one, so every batch keeps its size (needed for DDP).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import ConcatDataset, Dataset
+
+from .. import prompts
+from ..data import load_samples
+from ..inputs.pair import read_pair
+from ..inputs.preprocess import ImagePreprocessor
+from ..inputs.raster import read_chip
+from ..inputs.video import read_frame_stack, read_video_frames
+from ..types import Chip, InputKind, Sample
+
+
+class SampleError(ValueError):
+    """A sample that cannot be used for training; the message names the record and its file."""
+
+
+class SkippedSampleWarning(UserWarning):
+    """A training sample was skipped (unreadable, or too long to fit)."""
+
+
+def read_chips(sample: Sample, num_frames: int) -> list[Chip]:
+    """The sample's pictures: [image], [before, after] on one grid, or up to `num_frames` frames."""
+    if sample.kind is InputKind.IMAGE:
+        return [read_chip(sample.images[0])]
+    if sample.kind is InputKind.PAIR:
+        return list(read_pair(sample.images[0], sample.images[1]))
+    if sample.video:
+        return read_video_frames(sample.video, n=num_frames)
+    return read_frame_stack(sample.images, n=num_frames)
+
+
+def sample_source(sample: Sample) -> str:
+    """The file(s) a sample reads, for messages."""
+    return sample.video or ", ".join(sample.images)
+
+
+def load_clues(path: str | Path) -> dict[str, str]:
+    """A clue file: JSON lines {"id": sample_id, "clue": text} (written by the base VLM)."""
+    clues = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                clues[str(record["id"])] = str(record["clue"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise SampleError(f"{path}:{n}: expected {{\"id\": ..., \"clue\": ...}} ({exc})") from exc
+    return clues
+
+
+class SkippingDataset(Dataset):
+    """Base for datasets whose `load(i)` may raise SampleError: the item is reported and the next
+    index tried instead, so a bad file costs one warning, not the run."""
+
+    def __init__(self, skip_log: Path | None = None) -> None:
+        self.skip_log = skip_log
+
+    def load(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Any:
+        for offset in range(len(self)):
+            i = (index + offset) % len(self)
+            try:
+                return self.load(i)
+            except SampleError as exc:
+                self._report(exc)
+        raise SampleError(f"{type(self).__name__}: none of the {len(self)} samples could be read")
+
+    def _report(self, exc: SampleError) -> None:
+        warnings.warn(f"skipping training sample: {exc}", SkippedSampleWarning, stacklevel=3)
+        if self.skip_log is not None:
+            with open(self.skip_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"error": str(exc)}) + "\n")
+
+
+class InstructionDataset(SkippingDataset):
+    """Items {kind, sample_id, pixel_values (N,3,S,S), input_ids, labels} for the LLM loss.
+
+    `tokens_per_slot` (T) is what one `<image>` becomes after splicing, so `max_length` counts the
+    real sequence length; only answer tokens are ever truncated, never a visual slot.
+    """
+
+    def __init__(self, samples: Sequence[Sample], tokenizer, preprocessor: ImagePreprocessor, *,
+                 tokens_per_slot: int, max_length: int, num_frames: int,
+                 clues: dict[str, str] | None = None, task_tag: bool = True,
+                 all_references: bool = False, skip_log: Path | None = None) -> None:
+        super().__init__(skip_log)
+        if not samples:
+            raise SampleError("no training samples")
+        self.samples = list(samples)
+        # (sample, reference) pairs; a sample without references is kept so that it gets reported
+        self.items = [(i, j) for i, s in enumerate(self.samples)
+                      for j in range(max(1, len(s.references) if all_references else 1))]
+        self.tokenizer, self.preprocessor = tokenizer, preprocessor
+        self.tokens_per_slot, self.max_length, self.num_frames = tokens_per_slot, max_length, num_frames
+        self.clues, self.task_tag = clues, task_tag
+        if clues is not None:
+            missing = [s.sample_id for s in self.samples if s.sample_id not in clues]
+            if missing:
+                raise SampleError(f"the clue file has no clue for {len(missing)} of {len(self.samples)} "
+                                  f"samples (first: {missing[0]!r})")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def load(self, index: int) -> dict[str, Any]:
+        i, j = self.items[index]
+        sample = self.samples[i]
+        where = f"sample {sample.sample_id!r} ({sample_source(sample)})"
+        if j >= len(sample.references) or not sample.references[j].strip():
+            raise SampleError(f"{where}: no answer to train on")
+        try:
+            chips = read_chips(sample, self.num_frames)
+        except (ValueError, OSError) as exc:
+            raise SampleError(f"{where}: {exc}") from exc
+        n_slots = len(chips) if sample.kind is InputKind.SEQUENCE else 1
+        clue = self.clues[sample.sample_id] if self.clues is not None else None
+        message = prompts.user_message(sample.kind, sample.instruction, n_slots, clue,
+                                       task_tag=self.task_tag)
+        ids, labels = prompts.encode(self.tokenizer, message, sample.references[j])
+        ids, labels = self._truncate(ids, labels, where)
+        return {"kind": sample.kind, "sample_id": sample.sample_id,
+                "pixel_values": self.preprocessor(chips),                     # (N, 3, S, S)
+                "input_ids": ids, "labels": labels}
+
+    def _truncate(self, ids: list[int], labels: list[int], where: str) -> tuple[list[int], list[int]]:
+        """Cut the tail so that the spliced length fits `max_length`; never cut into a slot."""
+        n_slots = ids.count(prompts.IMAGE_TOKEN_INDEX)
+        excess = len(ids) + n_slots * (self.tokens_per_slot - 1) - self.max_length
+        if excess <= 0:
+            return ids, labels
+        keep = len(ids) - excess
+        last_slot = len(ids) - 1 - ids[::-1].index(prompts.IMAGE_TOKEN_INDEX)
+        if keep <= last_slot or all(label == prompts.IGNORE_INDEX for label in labels[:keep]):
+            raise SampleError(f"{where}: {len(ids) + n_slots * (self.tokens_per_slot - 1)} tokens do "
+                              f"not fit max_length {self.max_length} with any of the answer left")
+        return ids[:keep], labels[:keep]
+
+
+def instruction_dataset(spec, tokenizer, preprocessor: ImagePreprocessor,
+                        **kwargs: Any) -> InstructionDataset:
+    """The InstructionDataset of one config.DatasetSpec (unreadable records reported and skipped)."""
+    samples = read_spec(spec)
+    clues = load_clues(spec.clues) if spec.clues else None
+    try:
+        return InstructionDataset(samples, tokenizer, preprocessor, clues=clues,
+                                  all_references=spec.all_references, **kwargs)
+    except SampleError as exc:
+        raise SampleError(f"{spec.task} data at {spec.root} ({spec.split}): {exc}") from exc
+
+
+def read_spec(spec) -> list[Sample]:
+    """load_samples for a config.DatasetSpec; bad records are reported (warnings) and skipped."""
+    try:
+        return load_samples(spec.task, spec.root, split=spec.split, on_error="skip", **spec.options)
+    except TypeError as exc:  # an option the reader does not take
+        raise SampleError(f"{spec.task} data at {spec.root}: bad options {spec.options} ({exc})") from exc
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, list]:
+    """Lists, not stacks: items hold different numbers of images and tokens."""
+    return {key: [item[key] for item in items] for key in items[0]}
+
+
+def build_mixture(specs: Sequence[Any], make_dataset: Callable[[Any], Dataset]) -> ConcatDataset:
+    """Each spec's dataset listed `spec.repeat` times (the released recipe's upsampling)."""
+    parts = []
+    for spec in specs:
+        dataset = make_dataset(spec)
+        parts += [dataset] * spec.repeat
+    return ConcatDataset(parts)

@@ -1,0 +1,98 @@
+"""Joint instruction tuning (paper Sec. III-C, IV-A): images, pairs and videos mixed; the vision
+tower, Change Extraction module and projector frozen (and kept in eval mode so the CEM's BatchNorm
+statistics stay); the LLM fully fine-tuned with AdamW and a cosine schedule with warmup.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import get_cosine_schedule_with_warmup
+
+from ..inputs.preprocess import ImagePreprocessor
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..model.unirs import UniRSModel
+from . import loop
+from .config import AlignConfig, ConfigError, InstructConfig, save_config
+from .data import build_mixture, collate, instruction_dataset
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+class MultimodalLoss(nn.Module):
+    """One training step's forward: pixels -> visual slots -> spliced sequence -> answer loss.
+
+    The whole step sits in one forward so that DDP/DeepSpeed see every trained parameter."""
+
+    def __init__(self, model: UniRSModel, train_vision: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.train_vision = train_vision
+
+    def forward(self, batch: dict[str, list]) -> torch.Tensor:
+        counts = [pixels.shape[0] for pixels in batch["pixel_values"]]
+        with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):
+            features = self.model.encode_images(torch.cat(batch["pixel_values"]))   # (sum N, P, D)
+            slots = [self.model.visual_slots(f, kind)                              # (n_slots, T, H)
+                     for f, kind in zip(features.split(counts), batch["kind"])]
+        return self.model(batch["input_ids"], slots, batch["labels"])
+
+
+def tokens_per_slot(model: UniRSModel) -> int:
+    """T: a g x g patch grid is padded to even and merged 2x2 by the projector."""
+    return math.ceil(model.vision_tower.grid / 2) ** 2
+
+
+def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSModel, tokenizer,
+              image_processor, *, train_vision: bool, task_tag: bool, resume: str | Path | None) -> Path:
+    """The LLM-loss training both instruct and align run; writes out/checkpoint and returns it."""
+    out = loop.prepare_out(config, accelerator)
+    preprocessor = ImagePreprocessor(image_processor, model.config.get("image_aspect_ratio") or "resize")
+    dataset = build_mixture(config.data, lambda spec: instruction_dataset(
+        spec, tokenizer, preprocessor, tokens_per_slot=tokens_per_slot(model),
+        max_length=config.max_length, num_frames=config.num_frames, task_tag=task_tag,
+        skip_log=out / "skipped.jsonl"))
+    loader = loop.make_loader(dataset, config, collate)
+    step_module = MultimodalLoss(model, train_vision)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    step_module, optimizer, loader = accelerator.prepare(step_module, optimizer, loader)
+    steps = loop.total_steps(config, loader, accelerator.gradient_accumulation_steps)
+    # accelerate steps a prepared scheduler once per process per optimizer step
+    n = accelerator.num_processes
+    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(config.warmup_ratio * steps) * n, steps * n))
+    if accelerator.is_main_process:
+        save_config(config, out / "train_config.json")
+    stage = "align" if isinstance(config, AlignConfig) else "instruct"
+    loop.run(config, accelerator, step_module, optimizer, scheduler, loader, step_module,
+             params=params, resume=resume, desc=stage)
+    accelerator.wait_for_everyone()
+    final = out / CHECKPOINT_DIR
+    if accelerator.is_main_process:
+        trained = accelerator.unwrap_model(step_module).model
+        save_checkpoint(trained.eval(), final, tokenizer, image_processor)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def train_instruct(config: InstructConfig, resume: str | Path | None = None) -> Path:
+    """Run the stage; returns the fine-tuned checkpoint folder (out/checkpoint)."""
+    accelerator = loop.make_accelerator(config)
+    loaded = load_checkpoint(config.model, device="cpu", dtype=torch.float32)
+    model = loaded.model
+    model.config.pop("_name_or_path", None)  # a new model, named after the folder it is saved in
+    if not model.mm_projector.has_change:
+        raise ConfigError(f"{config.model}: the checkpoint has no Change Extraction module "
+                          f"(run `unirs train cem` on it first)")
+    if config.image_aspect_ratio:  # saved with the checkpoint, so inference pads the same way
+        model.config["image_aspect_ratio"] = config.image_aspect_ratio
+    model.freeze(vision=True, projector=True)
+    if config.gradient_checkpointing:
+        model.llm.config.use_cache = False
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return train_vlm(config, accelerator, model, loaded.tokenizer, loaded.image_processor,
+                     train_vision=False, task_tag=True, resume=resume)

@@ -1,0 +1,174 @@
+"""The training loop every stage shares, on Hugging Face accelerate.
+
+One CPU, one GPU or many (DDP / DeepSpeed / FSDP chosen by `accelerate launch --config_file`) run
+the same code. Resumable: `state-<step>/` holds accelerate's state (weights, optimizer, scheduler,
+RNGs) plus progress.json; the data order depends only on (seed, epoch), and a resumed run skips the
+batches already seen, so it ends on the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .config import StageConfig
+
+STATE_PREFIX = "state-"
+PROGRESS_FILE = "progress.json"
+LOG_FILE = "log.jsonl"
+
+
+def make_accelerator(config: StageConfig) -> Accelerator:
+    """bf16 autocast on a bf16-capable GPU, full precision otherwise, unless `accelerate launch`
+    (its config file or --mixed_precision) already chose."""
+    set_seed(config.seed)
+    mixed = None
+    if "ACCELERATE_MIXED_PRECISION" not in os.environ:
+        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed)
+
+
+class SeededSampler(torch.utils.data.Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def make_loader(dataset: Dataset, config: StageConfig, collate_fn: Callable | None) -> DataLoader:
+    """Shuffled by (seed, epoch) only; accelerate's loader.set_epoch reaches the sampler."""
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=SeededSampler(len(dataset), config.seed),
+                      collate_fn=collate_fn, num_workers=config.num_workers,
+                      # worker seeds drawn from here, not from the global RNG that dropout uses
+                      generator=torch.Generator().manual_seed(config.seed))
+
+
+def steps_per_epoch(loader: DataLoader, grad_accum: int) -> int:
+    """Optimizer steps in one pass (accelerate syncs at the end of the loader)."""
+    return math.ceil(len(loader) / grad_accum)
+
+
+def total_steps(config: StageConfig, loader: DataLoader, grad_accum: int) -> int:
+    steps = config.epochs * steps_per_epoch(loader, grad_accum)
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def run(config: StageConfig, accelerator: Accelerator, model: torch.nn.Module, optimizer, scheduler,
+        loader: DataLoader, compute_loss: Callable[[Any], torch.Tensor], *,
+        params: list[torch.nn.Parameter], resume: str | Path | None = None, desc: str = "train") -> int:
+    """Train `model` (already `accelerator.prepare`d with optimizer, scheduler and loader) until
+    `config.epochs` or `config.max_steps`; returns the last optimizer step. `compute_loss(batch)`
+    returns the mean loss of one micro-batch; `params` are clipped to `config.max_grad_norm`."""
+    out = Path(config.out)
+    accum = accelerator.gradient_accumulation_steps  # DeepSpeed's config may have overridden ours
+    per_epoch = steps_per_epoch(loader, accum)
+    last = total_steps(config, loader, accum)
+    step = 0
+    if resume:
+        step = load_state(accelerator, resume)
+    start = time.perf_counter()
+    bar = tqdm(total=last, initial=step, desc=desc, unit="step", disable=not accelerator.is_main_process,
+               dynamic_ncols=True)
+    window: list[float] = []
+    model.train()
+    while step < last:
+        epoch, done_in_epoch = divmod(step, per_epoch)
+        batches = loader
+        if done_in_epoch:  # resumed mid-epoch: skip what the interrupted run already trained on
+            batches = accelerator.skip_first_batches(loader, done_in_epoch * accum)
+        batches.set_epoch(epoch)  # the shuffle of this epoch (accelerate would count from 0)
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = compute_loss(batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            window.append(accelerator.reduce(loss.detach(), "mean").item())
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
+            if step % config.log_every == 0 or step == last:
+                _log(accelerator, out, {"step": step, "epoch": epoch, "loss": sum(window) / len(window),
+                                        "lr": scheduler.get_last_lr()[0],
+                                        "elapsed_s": round(time.perf_counter() - start, 3)})
+            window = []
+            if config.save_every and step % config.save_every == 0 and step < last:
+                save_state(accelerator, out, step, config.keep_states)
+            if step >= last:
+                break
+    bar.close()
+    return step
+
+
+def _log(accelerator: Accelerator, out: Path, record: dict[str, Any]) -> None:
+    if accelerator.is_main_process:
+        with open(out / LOG_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def save_state(accelerator: Accelerator, out: Path, step: int, keep: int) -> Path:
+    """accelerate's state + progress.json into out/state-<step> (written under a temp name first);
+    only the newest `keep` states are kept."""
+    final, tmp = out / f"{STATE_PREFIX}{step}", out / f".{STATE_PREFIX}{step}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / PROGRESS_FILE).write_text(json.dumps({"step": step}) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        states = sorted(out.glob(f"{STATE_PREFIX}*"), key=lambda p: int(p.name[len(STATE_PREFIX):]))
+        for old in states[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_state(accelerator: Accelerator, state_dir: str | Path) -> int:
+    """Restore a state written by save_state; returns its optimizer step."""
+    state_dir = Path(state_dir)
+    progress = state_dir / PROGRESS_FILE
+    if not progress.is_file():
+        raise FileNotFoundError(f"{progress}: missing (expected a state-<step> folder written by "
+                                f"`unirs train`)")
+    step = int(json.loads(progress.read_text())["step"])
+    accelerator.load_state(str(state_dir))
+    return step
+
+
+def prepare_out(config: StageConfig, accelerator: Accelerator) -> Path:
+    out = Path(config.out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return out
