@@ -1,0 +1,144 @@
+"""The worker's wire format: one JSON object per line, UTF-8, over the worker's stdin/stdout.
+
+Requests (client -> worker): {"id": str, "op": str, "params": {...}}. Ops are "hello", "info", "ask",
+"change", "classify", whatever server.register_op adds, and two control ops: "cancel"
+(params {"target": <request id>}) and "shutdown".
+
+Responses (worker -> client): {"id": str | None, "type": ..., ...}
+  ready      {"protocol": int, "info": {...}}   once, id None, after the model loaded
+  progress   {"fraction": float, "message": str}
+  heartbeat  {}                                 every few seconds while busy (id None while loading)
+  result     {"result": {...}}                  Result.to_dict() for ask/change/classify
+  error      {"error": {"type": str, "message": str}}   id None: the line or the start itself failed
+  cancelled  {}
+Each request gets exactly one final response: result, error or cancelled.
+Inputs travel as file paths, never as pixels.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+CONTROL_OPS = ("cancel", "shutdown")
+FINAL_TYPES = ("result", "error", "cancelled")
+RESPONSE_TYPES = ("ready", "progress", "heartbeat", *FINAL_TYPES)
+
+# Fields each response type must carry, with their JSON types.
+_RESPONSE_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "ready": {"protocol": int, "info": dict},
+    "progress": {"fraction": (int, float), "message": str},
+    "heartbeat": {},
+    "result": {"result": dict},
+    "error": {"error": dict},
+    "cancelled": {},
+}
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid protocol message; the message says what is wrong."""
+
+
+def encode(msg: dict[str, Any]) -> str:
+    """`msg` as one protocol line (validated, newline-terminated)."""
+    validate(msg)
+    # ASCII escapes keep any str intact, even paths with undecodable bytes (lone surrogates).
+    return json.dumps(msg, ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
+def decode(line: str | bytes) -> dict[str, Any]:
+    """The message on one protocol line; ProtocolError when it is not one."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(f"line is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    text = line.strip()
+    try:
+        msg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"line is not JSON ({exc.msg}): {_clip(text)}") from None
+    validate(msg)
+    return msg
+
+
+def validate(msg: Any) -> None:
+    """Raise ProtocolError naming the first thing wrong with a request or response."""
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"a message must be a JSON object, got {type(msg).__name__}")
+    if "id" not in msg or not (msg["id"] is None or isinstance(msg["id"], str)):
+        raise ProtocolError(f"a message needs an 'id' (string or null): {_clip(msg)}")
+    if ("op" in msg) == ("type" in msg):
+        raise ProtocolError(f"a message needs exactly one of 'op' (request) or 'type' (response): {_clip(msg)}")
+    if "op" in msg:
+        _validate_request(msg)
+    else:
+        _validate_response(msg)
+
+
+def _validate_request(msg: dict[str, Any]) -> None:
+    op = msg["op"]
+    if not isinstance(op, str) or not op:
+        raise ProtocolError(f"'op' must be a non-empty string: {_clip(msg)}")
+    if msg["id"] is None:
+        raise ProtocolError(f"request '{op}' needs a string 'id'")
+    params = msg.setdefault("params", {})
+    if not isinstance(params, dict):
+        raise ProtocolError(f"request '{op}' ({msg['id']}): 'params' must be an object")
+    if op == "cancel" and not isinstance(params.get("target"), str):
+        raise ProtocolError(f"request 'cancel' ({msg['id']}) needs params.target, the id to cancel")
+
+
+def _validate_response(msg: dict[str, Any]) -> None:
+    kind = msg["type"]
+    if kind not in _RESPONSE_FIELDS:
+        raise ProtocolError(f"unknown response type {kind!r} (expected one of {', '.join(RESPONSE_TYPES)})")
+    for name, expected in _RESPONSE_FIELDS[kind].items():
+        value = msg.get(name)
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise ProtocolError(f"'{kind}' response ({msg['id']}) needs '{name}' of type "
+                                f"{getattr(expected, '__name__', 'number')}: {_clip(msg)}")
+    if kind == "error" and not all(isinstance(msg["error"].get(k), str) for k in ("type", "message")):
+        raise ProtocolError(f"'error' response ({msg['id']}) needs error.type and error.message strings")
+
+
+def error_text(exc_type: str, message: str) -> str:
+    """How a failure reads to the user, on one line: the engine's own message, else 'Type: message'."""
+    message = " ".join(message.split())
+    return message if exc_type == "EngineError" else f"{exc_type}: {message}"
+
+
+def _clip(value: Any, limit: int = 120) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# ---- message constructors (so both ends spell messages the same way) -------------------------
+
+def request(rid: str, op: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"id": rid, "op": op, "params": params or {}}
+
+
+def ready(info: dict[str, Any]) -> dict[str, Any]:
+    return {"id": None, "type": "ready", "protocol": PROTOCOL_VERSION, "info": info}
+
+
+def progress(rid: str, fraction: float, message: str) -> dict[str, Any]:
+    return {"id": rid, "type": "progress", "fraction": float(fraction), "message": message}
+
+
+def heartbeat(rid: str | None) -> dict[str, Any]:
+    return {"id": rid, "type": "heartbeat"}
+
+
+def result(rid: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return {"id": rid, "type": "result", "result": payload}
+
+
+def error(rid: str | None, exc_type: str, message: str) -> dict[str, Any]:
+    return {"id": rid, "type": "error", "error": {"type": exc_type, "message": message}}
+
+
+def cancelled(rid: str) -> dict[str, Any]:
+    return {"id": rid, "type": "cancelled"}

@@ -1,0 +1,280 @@
+"""The engine worker: loads one Engine and answers protocol requests on stdin/stdout.
+
+    python -u -m unirs_engine.worker --model DIR [--device D] [--clue-model DIR] [--heartbeat S]
+
+Protocol lines go to a private duplicate of the original stdout; fd 1 and sys.stdout are pointed at
+stderr before anything else is imported, so prints from libraries (or C code) cannot corrupt them.
+A reader thread takes stdin lines into a queue, so a "cancel" is seen while a request runs;
+requests run one at a time in the main thread. stdin EOF or "shutdown" ends the worker with code 0;
+a model that fails to load gives an "error" line with id null and code 2.
+
+Ops are looked up in a registry: `register_op(name, handler)` with
+`handler(engine, params, progress, is_cancelled) -> dict`. The in-process client runs the same
+handlers through `run_op`, so both clients answer alike.
+
+Test hook: with UNIRS_WORKER_TEST_NOISE=1 in its environment the worker prints a line through
+sys.stdout and one straight to fd 1 after taking over stdout (the protocol must stay intact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import sys
+import threading
+import traceback
+from typing import Any, BinaryIO, Callable
+
+from . import protocol
+
+log = logging.getLogger("unirs.worker")
+
+Progress = Callable[[float, str], None]
+Handler = Callable[[Any, dict, Progress, Callable[[], bool]], dict]
+OPS: dict[str, Handler] = {}
+
+
+def register_op(name: str, handler: Handler) -> None:
+    """Make `name` an op of the worker (and of the in-process client)."""
+    if name in protocol.CONTROL_OPS:
+        raise ValueError(f"'{name}' is a control op of the protocol and cannot be registered")
+    OPS[name] = handler
+
+
+def run_op(engine, op: str, params: dict, progress: Progress, is_cancelled: Callable[[], bool]) -> dict:
+    """Run one registered op; KeyError-free: an unknown op is a ValueError naming the known ones."""
+    handler = OPS.get(op)
+    if handler is None:
+        raise ValueError(f"unknown op '{op}' (known: {', '.join(sorted(OPS))})")
+    progress(0.0, f"{op}: started")
+    return handler(engine, params, progress, is_cancelled)
+
+
+# ---- built-in ops ---------------------------------------------------------------------------------
+
+def _need(params: dict, name: str, op: str):
+    if params.get(name) in (None, "", []):
+        raise ValueError(f"op '{op}' needs params.{name}")
+    return params[name]
+
+
+def _region(params: dict) -> dict:
+    bounds = params.get("bounds")
+    return {"bounds": tuple(float(v) for v in bounds) if bounds is not None else None,
+            "bounds_crs": params.get("bounds_crs"), "bands": params.get("bands")}
+
+
+def _hello(engine, params, progress, is_cancelled) -> dict:
+    theirs = params.get("protocol")
+    if theirs != protocol.PROTOCOL_VERSION:
+        raise ValueError(f"client speaks protocol {theirs}, this worker speaks {protocol.PROTOCOL_VERSION}: "
+                         "update the plugin and the engine together")
+    return {"protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid()}
+
+
+def _info(engine, params, progress, is_cancelled) -> dict:
+    # env_keys: which variables reached this process (diagnostics of the clean worker environment).
+    return {**engine.info(), "pid": os.getpid(), "python": sys.executable,
+            "protocol": protocol.PROTOCOL_VERSION, "env_keys": sorted(os.environ)}
+
+
+def _ask(engine, params, progress, is_cancelled) -> dict:
+    return engine.ask(_need(params, "image", "ask"), _need(params, "question", "ask"), **_region(params),
+                      clue=bool(params.get("clue")), max_new_tokens=params.get("max_new_tokens")).to_dict()
+
+
+def _change(engine, params, progress, is_cancelled) -> dict:
+    return engine.describe_change(_need(params, "before", "change"), _need(params, "after", "change"),
+                                  params.get("instruction"), **_region(params), clue=bool(params.get("clue")),
+                                  max_new_tokens=params.get("max_new_tokens")).to_dict()
+
+
+def _classify(engine, params, progress, is_cancelled) -> dict:
+    return engine.classify_sequence(_need(params, "frames", "classify"), params.get("classes"),
+                                    clue=bool(params.get("clue")),
+                                    max_new_tokens=params.get("max_new_tokens")).to_dict()
+
+
+for _name, _handler in (("hello", _hello), ("info", _info), ("ask", _ask), ("change", _change),
+                        ("classify", _classify)):
+    register_op(_name, _handler)
+
+
+# ---- the serving loop -----------------------------------------------------------------------------
+
+class Worker:
+    """Request queue, cancel bookkeeping and heartbeats around one engine (set once loaded)."""
+
+    def __init__(self, out: BinaryIO, heartbeat_s: float = 5.0):
+        self.engine = None
+        self._out = out
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._requests: queue.Queue[dict | None] = queue.Queue()
+        self._queued: set[str] = set()           # ids waiting in _requests
+        self._dropped: set[str] = set()          # queued ids cancelled before they ran
+        self._running: str | None = None         # id of the request in the main thread
+        self._cancel = threading.Event()         # set: the running request was cancelled
+        self._busy = True                        # loading counts as busy (heartbeats with id None)
+        self._stop = threading.Event()
+        self._heartbeat_s = heartbeat_s
+
+    def send(self, msg: dict) -> None:
+        line = protocol.encode(msg).encode("utf-8")
+        with self._write_lock:
+            self._out.write(line)
+            self._out.flush()
+
+    def start_threads(self, stdin: BinaryIO) -> None:
+        threading.Thread(target=self._read, args=(stdin,), name="unirs-reader", daemon=True).start()
+        threading.Thread(target=self._beat, name="unirs-heartbeat", daemon=True).start()
+
+    # reader thread
+    def _read(self, stdin: BinaryIO) -> None:
+        try:
+            for raw in stdin:
+                if raw.strip():
+                    self._take(raw)
+        finally:
+            self._requests.put(None)  # EOF (or a dead client): finish what is queued, then exit
+
+    def _take(self, raw: bytes) -> None:
+        try:
+            msg = protocol.decode(raw)
+            if "type" in msg:
+                raise protocol.ProtocolError(f"the worker takes requests, got a '{msg['type']}' response")
+        except protocol.ProtocolError as exc:
+            log.warning("bad request line: %s", exc)
+            self.send(protocol.error(None, "ProtocolError", str(exc)))
+            return
+        if msg["op"] == "cancel":
+            self._cancel_request(msg["params"]["target"])
+            return
+        with self._state_lock:
+            self._queued.add(msg["id"])
+        self._requests.put(msg)
+
+    def _cancel_request(self, target: str) -> None:
+        with self._state_lock:
+            if target == self._running:
+                self._cancel.set()       # the handler's is_cancelled() turns True
+                return
+            if target not in self._queued or target in self._dropped:
+                log.info("cancel of %s ignored: not queued or running", target)
+                return
+            self._dropped.add(target)
+        self.send(protocol.cancelled(target))
+
+    # heartbeat thread
+    def _beat(self) -> None:
+        while not self._stop.wait(self._heartbeat_s):
+            with self._state_lock:
+                busy, rid = self._busy, self._running
+            if busy:
+                try:
+                    self.send(protocol.heartbeat(rid))
+                except OSError:  # the client is gone
+                    return
+
+    # main thread
+    def serve(self, engine) -> int:
+        self.engine = engine
+        with self._state_lock:
+            self._busy = False
+        self.send(protocol.ready(_info(engine, {}, None, None)))
+        while True:
+            msg = self._requests.get()
+            if msg is None:
+                return 0
+            with self._state_lock:  # dequeue and mark running at once, so no cancel falls between
+                self._queued.discard(msg["id"])
+                if msg["id"] in self._dropped:
+                    self._dropped.discard(msg["id"])
+                    continue
+                self._running, self._busy = msg["id"], True
+                self._cancel.clear()
+            if msg["op"] == "shutdown":
+                self.send(protocol.result(msg["id"], {}))
+                return 0
+            self._handle(msg)
+
+    def _handle(self, msg: dict) -> None:
+        rid, op = msg["id"], msg["op"]
+
+        def progress(fraction: float, message: str) -> None:
+            self.send(protocol.progress(rid, fraction, message))
+
+        try:
+            payload = run_op(self.engine, op, msg["params"], progress, self._cancel.is_set)
+            reply = protocol.cancelled(rid) if self._cancel.is_set() else protocol.result(rid, payload)
+        except Exception as exc:  # any failure is an answer; the worker keeps serving
+            if self._cancel.is_set():  # e.g. the engine's Cancelled
+                reply = protocol.cancelled(rid)
+            else:
+                log.error("op '%s' (%s) failed:\n%s", op, rid, traceback.format_exc())
+                reply = protocol.error(rid, type(exc).__name__, str(exc))
+        with self._state_lock:
+            self._running, self._busy = None, False
+        try:
+            self.send(reply)
+        except (TypeError, ValueError) as exc:  # the payload is not JSON-serialisable
+            self.send(protocol.error(rid, type(exc).__name__, f"op '{op}' returned an unserialisable answer: {exc}"))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _take_stdout() -> BinaryIO:
+    """A private duplicate of stdout for protocol lines; fd 1 and sys.stdout now go to stderr."""
+    sys.stdout.flush()
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(fd, "wb", buffering=0)
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m unirs_engine.worker", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="checkpoint directory (default: UNIRS_MODEL, else the demo model)")
+    p.add_argument("--device", default=None, help='"cpu", "cuda", "cuda:0" (default: CUDA if present)')
+    p.add_argument("--clue-model", default=None, help="base VLM directory that writes clues")
+    p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats while busy")
+    return p.parse_args(argv)
+
+
+def _fail(worker: Worker, exc: Exception, message: str) -> int:
+    """Report a failed start on the protocol (id null) and in the log; exit code 2."""
+    log.error("%s\n%s", message, traceback.format_exc())
+    worker.send(protocol.error(None, type(exc).__name__, message))
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    out = _take_stdout()
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s unirs-worker %(message)s")
+    if os.environ.get("UNIRS_WORKER_TEST_NOISE"):
+        print("noise: a library printed to sys.stdout")
+        os.write(1, b"noise: C code wrote to fd 1\n")
+    worker = Worker(out, heartbeat_s=args.heartbeat)
+    # A private reader of fd 0: at exit Python flushes sys.stdin, and would abort (SIGABRT) if the
+    # reader thread were blocked inside that very object.
+    worker.start_threads(os.fdopen(os.dup(0), "rb"))
+    try:
+        from ..engine import Engine  # after taking stdout: torch/transformers may print on import
+    except ImportError as exc:
+        return _fail(worker, exc, f"cannot import the UniRS engine with {sys.executable} ({exc}): "
+                                  "choose a python with torch and transformers installed")
+    try:
+        engine = Engine.load(args.model, device=args.device, clue_model_dir=args.clue_model)
+    except Exception as exc:
+        return _fail(worker, exc, f"could not load the model: {exc}")
+    log.info("serving %s on %s (pid %d)", engine.model.model_id, engine.model.device, os.getpid())
+    try:
+        return worker.serve(engine)
+    except BrokenPipeError:  # the client went away mid-answer
+        return 0
+    finally:
+        worker.stop()
