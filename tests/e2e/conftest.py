@@ -1,0 +1,48 @@
+"""End-to-end fixtures: the plugin zip from `pb_tool zip`, unzipped into a fresh QGIS profile and
+enabled with /usr/bin/qgis_process.bin (Debian's qgis_process wrapper is broken on bookworm)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.plugin_zip import build_plugin_zip
+
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"
+REPO = Path(__file__).resolve().parents[2]
+VENV_PYTHON = REPO / ".venv" / "bin" / "python"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from unirs_engine.testing.tiny import build_tiny_checkpoint
+
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "unirs-tiny")
+
+
+@pytest.fixture(scope="session")
+def qgis_profile(tmp_path_factory, tiny_checkpoint) -> dict[str, str]:
+    """Environment for qgis_process.bin runs against a fresh profile with the zipped plugin enabled.
+    Nothing from this venv leaks in (no PYTHONPATH): QGIS uses the deployed copy only."""
+    work = tmp_path_factory.mktemp("e2e")
+    plugins = work / "config" / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    with zipfile.ZipFile(build_plugin_zip(work / "build")) as zf:
+        zf.extractall(plugins)
+    env = {
+        "PATH": "/usr/bin:/bin", "HOME": str(work), "LC_ALL": "C.UTF-8", "QT_QPA_PLATFORM": "offscreen",
+        "QGIS_CUSTOM_CONFIG_PATH": str(work / "config"), "TMPDIR": str(work),
+        "UNIRS_ENGINE_PYTHON": str(VENV_PYTHON), "UNIRS_MODEL": str(tiny_checkpoint),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false",
+    }
+    enabled = qgis_process(["plugins", "enable", "unirs"], env)
+    assert enabled.returncode == 0, enabled.stdout + enabled.stderr
+    return env
+
+
+def qgis_process(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,200 @@
+"""The three algorithms through processing.run, against the tiny checkpoint in a real worker
+subprocess, on GDAL-written rasters; answers read back from the written GeoPackages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from osgeo import gdal
+from qgis.core import (QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer,
+                       QgsWkbTypes)
+from qgis.PyQt.QtCore import QDate
+
+from unirs_engine.testing.rasters import ORIGIN, pattern, write_pair, write_raster, write_video
+from unirs_qgis.answers import ASK_FIELDS, CHANGE_FIELDS, CLASSIFY_FIELDS
+from unirs_qgis.engine_link import get_client
+
+SCENE_BOUNDS = (ORIGIN[0], ORIGIN[1] - 640, ORIGIN[0] + 640, ORIGIN[1])  # 64 px x 10 m, UTM 33N
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    """Keeps what the algorithm reported."""
+
+    def __init__(self):
+        super().__init__()
+        self.infos: list[str] = []
+        self.warnings: list[str] = []
+
+    def pushInfo(self, info):  # noqa: N802
+        self.infos.append(info)
+
+    def pushWarning(self, warning):  # noqa: N802
+        self.warnings.append(warning)
+
+
+@pytest.fixture()
+def run(processing_ready, unirs_provider):
+    """processing.run with the UniRS provider registered."""
+    return processing_ready
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("rasters")
+    before, after = write_pair(folder / "pair")  # UTM 33N 10 m / EPSG:3857 9 m, same ground
+    stack = [write_raster(folder / name, pattern(32, 32, seed=i))
+             for i, name in enumerate(["event_20210301.tif", "event_2020-12-01.tif", "event_2021_01_15.tif"])]
+    frames = np.stack([np.moveaxis(pattern(64, 64, seed=i), 0, -1) for i in range(6)])
+    return {
+        "scene": write_raster(folder / "scene_2021-06-30.tif", pattern(64, 64)),
+        "before": before.rename(before.with_name("before_2020-01-05.tif")),
+        "after": after.rename(after.with_name("after_20210630.tif")),
+        "stack": stack,
+        "video": write_video(folder / "event.mp4", frames),
+    }
+
+
+def read_features(path: str) -> tuple[QgsVectorLayer, list]:
+    layer = QgsVectorLayer(path, "out", "ogr")
+    assert layer.isValid(), path
+    return layer, list(layer.getFeatures())
+
+
+def box(feature) -> tuple[float, float, float, float]:
+    return feature.geometry().boundingBox().toRectF().getCoords()
+
+
+def test_ask_writes_the_footprint_and_answer(run, data, tmp_path):
+    out = tmp_path / "ask.gpkg"
+    extent = f"{ORIGIN[0] + 100},{ORIGIN[0] + 420},{ORIGIN[1] - 500},{ORIGIN[1] - 100} [EPSG:32633]"
+    result = run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "How many buildings?",
+                               "EXTENT": extent, "OUTPUT": str(out)})
+    layer, (feature,) = read_features(result["OUTPUT"])
+    assert layer.fields().names()[1:] == ASK_FIELDS().names()  # (fid first)
+    assert layer.crs().authid() == "EPSG:32633" and layer.wkbType() in (QgsWkbTypes.Polygon,
+                                                                         QgsWkbTypes.MultiPolygon)
+    assert box(feature) == pytest.approx((ORIGIN[0] + 100, ORIGIN[1] - 500, ORIGIN[0] + 420, ORIGIN[1] - 100))
+    assert feature["question"] == "How many buildings?" and isinstance(feature["answer"], str)
+    assert feature["layer"] == "scene_2021-06-30" and feature["extent_crs"] == "EPSG:32633"
+    assert feature["model"] == get_client().info()["model_id"] and feature["created"].isValid()
+
+
+def test_ask_whole_layer_output_defaults_to_geopackage(run, data, tmp_path):
+    result = run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "What is this?", "CLUE": False,
+                               "OUTPUT": str(tmp_path / "answers")})  # no extension given
+    assert result["OUTPUT"] == str(tmp_path / "answers.gpkg")
+    _, (feature,) = read_features(result["OUTPUT"])
+    assert box(feature) == pytest.approx(SCENE_BOUNDS)
+
+
+def test_ask_rejects_bad_bands_and_empty_question_before_running(run, data, tmp_path):
+    out = tmp_path / "never.gpkg"
+    with pytest.raises(QgsProcessingException, match=r"BANDS: layer 'scene_2021-06-30' has bands 1..3, got \[9\]"):
+        run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "q", "BANDS": "3,2,9", "OUTPUT": str(out)})
+    with pytest.raises(QgsProcessingException, match="QUESTION is empty"):
+        run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "  ", "OUTPUT": str(out)})
+    assert not out.exists()
+
+
+def test_describe_change_pair_in_different_crs(run, data, tmp_path):
+    result = run("unirs:describe_change", {"BEFORE": str(data["before"]), "AFTER": str(data["after"]),
+                                           "OUTPUT": str(tmp_path / "change.gpkg")})
+    layer, (feature,) = read_features(result["OUTPUT"])
+    assert layer.fields().names()[1:] == CHANGE_FIELDS().names()
+    assert layer.crs().authid() == "EPSG:32633"  # before's grid: after was aligned onto it
+    assert box(feature) == pytest.approx(SCENE_BOUNDS)
+    assert feature["date_before"] == QDate(2020, 1, 5) and feature["date_after"] == QDate(2021, 6, 30)
+    assert feature["layer_before"] == "before_2020-01-05" and feature["layer_after"] == "after_20210630"
+    assert feature["changed"] in (True, False) and isinstance(feature["score"], float)
+    assert isinstance(feature["caption"], str)
+
+
+def test_describe_change_swaps_layers_dated_the_wrong_way(run, data, tmp_path):
+    feedback = RecordingFeedback()
+    result = run("unirs:describe_change", {
+        "BEFORE": str(data["before"]), "AFTER": str(data["after"]), "DATE_BEFORE": "2022-02-02",
+        "OUTPUT": str(tmp_path / "swapped.gpkg")}, feedback=feedback)
+    layer, (feature,) = read_features(result["OUTPUT"])
+    assert feature["layer_before"] == "after_20210630" and feature["date_after"] == QDate(2022, 2, 2)
+    assert layer.crs().authid() == "EPSG:3857"  # the new "before" sets the grid
+    assert any("swapped them" in w for w in feedback.warnings)
+
+
+def test_classify_dated_stack_in_date_order(run, data, tmp_path):
+    result = run("unirs:classify_sequence", {
+        "LAYERS": [str(p) for p in data["stack"]], "CLASSES": "flood, wildfire, traffic collision",
+        "OUTPUT": str(tmp_path / "stack.gpkg")})
+    layer, (feature,) = read_features(result["OUTPUT"])
+    assert layer.fields().names()[1:] == CLASSIFY_FIELDS().names()
+    assert json.loads(feature["frames"]) == ["event_2020-12-01", "event_2021_01_15", "event_20210301"]
+    assert feature["classes"] == "flood, wildfire, traffic collision"
+    assert feature["label"] in ("flood", "wildfire", "traffic collision", None)
+    assert box(feature) == pytest.approx((ORIGIN[0], ORIGIN[1] - 320, ORIGIN[0] + 320, ORIGIN[1]))
+
+
+def test_classify_video_has_no_geometry(run, data, tmp_path):
+    result = run("unirs:classify_sequence", {"VIDEO": str(data["video"]), "OUTPUT": str(tmp_path / "video.gpkg")})
+    layer, (feature,) = read_features(result["OUTPUT"])
+    assert layer.wkbType() == QgsWkbTypes.NoGeometry and not feature.hasGeometry()
+    assert len(json.loads(feature["frames"])) >= 1 and len(feature["classes"].split(", ")) == 25
+
+
+def test_classify_needs_layers_or_a_video(run, data, tmp_path):
+    with pytest.raises(QgsProcessingException, match="Give either LAYERS .* or VIDEO"):
+        run("unirs:classify_sequence", {"LAYERS": [str(data["scene"])], "VIDEO": str(data["video"]),
+                                        "OUTPUT": str(tmp_path / "x.gpkg")})
+
+
+def test_in_memory_layer_goes_through_export(run, data, tmp_path):
+    gdal.Translate("/vsimem/h5a_alg.tif", str(data["scene"]))
+    layer = QgsRasterLayer("/vsimem/h5a_alg.tif", "in memory")
+    feedback = RecordingFeedback()
+    try:
+        result = run("unirs:ask", {"INPUT": layer, "QUESTION": "Is there water?",
+                                   "OUTPUT": str(tmp_path / "mem.gpkg")}, feedback=feedback)
+    finally:
+        gdal.Unlink("/vsimem/h5a_alg.tif")
+    (exported,) = [i.rsplit(" exported to ", 1)[1] for i in feedback.infos if " exported to " in i]
+    assert not os.path.exists(exported)  # the temporary GeoTIFF was removed after the run
+    _, (feature,) = read_features(result["OUTPUT"])
+    assert feature["layer"] == "in memory" and box(feature) == pytest.approx(SCENE_BOUNDS)
+
+
+def test_cancel_mid_run_writes_nothing_and_next_run_works(run, data, tmp_path):
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(lambda _: feedback.cancel())  # cancel at the first progress report
+    out = tmp_path / "cancelled.gpkg"
+    with pytest.raises(QgsProcessingException, match="Cancelled: no output was written"):
+        run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "Slow question?", "OUTPUT": str(out)},
+            feedback=feedback)
+    assert not out.exists()
+    result = run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "Next?",
+                               "OUTPUT": str(tmp_path / "next.gpkg")})
+    assert len(read_features(result["OUTPUT"])[1]) == 1
+
+
+def test_worker_killed_mid_request_is_a_clear_error_then_recovers(run, data, tmp_path):
+    pid = get_client().info()["pid"]
+    killed = []
+
+    def kill_worker_once(_progress: float) -> None:  # at the first progress report: mid-request
+        if not killed:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    feedback = QgsProcessingFeedback()
+    feedback.progressChanged.connect(kill_worker_once)
+    out = tmp_path / "killed.gpkg"
+    with pytest.raises(QgsProcessingException, match="UniRS engine: .*worker exited"):
+        run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "Still there?", "OUTPUT": str(out)},
+            feedback=feedback)
+    assert not out.exists()
+    result = run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "And now?",
+                               "OUTPUT": str(tmp_path / "after_kill.gpkg")})
+    assert len(read_features(result["OUTPUT"])[1]) == 1
+    assert killed and get_client().info()["pid"] != pid

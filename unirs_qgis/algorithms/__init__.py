@@ -1,0 +1,1 @@
+"""UniRS Processing algorithms, one per module; `base` holds what they share."""

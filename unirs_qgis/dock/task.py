@@ -1,0 +1,127 @@
+"""The background task behind the dock: export layers if needed, ask the engine, record the answer.
+
+run() executes in a worker thread and touches no widget, layer tree or project state: it only reads
+the layers through layer_source (which clones the data provider) and blocks on the engine client.
+finished() runs on the main thread and writes the answer back with annotations.record_answer.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from dataclasses import dataclass
+
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsMessageLog, QgsProject, QgsRasterLayer,
+                       QgsRectangle, QgsTask)
+from qgis.PyQt import sip
+from qgis.PyQt.QtCore import pyqtSignal
+
+from .. import annotations, engine_link
+from ..layer_source import LayerReadError, raster_path_for_engine
+from ..settings import PluginSettings
+
+DEFAULT_CHANGE_QUESTION = "Describe the change"
+DEFAULT_CLASSIFY_QUESTION = "What event does this sequence show?"
+
+
+@dataclass
+class Job:
+    """Everything the task needs, gathered on the main thread before it starts."""
+
+    op: str                                  # "ask" | "change" | "classify"
+    layers: list[QgsRasterLayer]             # ask: [layer]; change: [before, after]; classify: frames
+    question: str                            # what is recorded and shown in the history
+    settings: PluginSettings
+    instruction: str | None = None           # change: custom instruction (None = the engine default)
+    extent: QgsRectangle | None = None       # in extent_crs; None = the whole layer(s)
+    extent_crs: QgsCoordinateReferenceSystem | None = None
+
+
+def _crs_for_engine(crs: QgsCoordinateReferenceSystem) -> str:
+    """A CRS string rasterio.crs.CRS.from_user_input accepts."""
+    return crs.authid() if crs.authid().startswith("EPSG:") else crs.toWkt()
+
+
+class EngineTask(QgsTask):
+    """One question to the engine. Emits `status` (a progress message, from the worker thread: Qt
+    queues it to the dock) and `done` on the main thread when finished, cancelled or failed; then
+    `record` (the answer written back) or `error` (a one-line message) is set, neither if cancelled."""
+
+    status = pyqtSignal(str)
+    done = pyqtSignal()
+
+    def __init__(self, job: Job):
+        names = ", ".join(layer.name() for layer in job.layers)
+        super().__init__(f"UniRS {job.op}: {names}", QgsTask.Flag.CanCancel)
+        self.job = job
+        self.setDependentLayers(job.layers)   # removing an input layer cancels the task
+        self.result: dict | None = None
+        self.record: dict | None = None
+        self.error: str | None = None
+        self.engine_text: str | None = None
+
+    # --- worker thread -------------------------------------------------------------------------
+    def run(self) -> bool:
+        temporary: list[str] = []
+        try:
+            paths = []
+            for layer in self.job.layers:
+                path, is_temp = raster_path_for_engine(layer, self.job.extent, self.job.extent_crs)
+                paths.append(path)
+                if is_temp:
+                    temporary.append(path)
+            if self.isCanceled():
+                return False
+            self.status.emit("waiting for the engine")
+            client = engine_link.get_client(self.job.settings)
+            self.result = self._call(client, paths)
+            self.engine_text = engine_link.format_engine(client.info())
+            return True
+        except Exception as exc:  # run() must not raise: report it from finished()
+            if self.isCanceled():
+                return False
+            self.error = str(exc) or type(exc).__name__
+            if not isinstance(exc, LayerReadError):
+                QgsMessageLog.logMessage(traceback.format_exc(), "UniRS", Qgis.Warning)
+            return False
+        finally:
+            for path in temporary:
+                if os.path.exists(path):
+                    os.remove(path)
+
+    def _call(self, client, paths: list[str]) -> dict:
+        job = self.job
+        common = {"clue": job.settings.clue, "on_progress": self._on_progress,
+                  "is_cancelled": self.isCanceled}
+        if job.op == "classify":
+            return client.classify_sequence(paths, **common)
+        if job.extent is not None and job.extent_crs is not None:
+            common["bounds"] = (job.extent.xMinimum(), job.extent.yMinimum(),
+                                job.extent.xMaximum(), job.extent.yMaximum())
+            common["bounds_crs"] = _crs_for_engine(job.extent_crs)
+        if job.op == "change":
+            return client.describe_change(paths[0], paths[1], instruction=job.instruction, **common)
+        return client.ask(paths[0], job.question, **common)
+
+    def _on_progress(self, fraction: float, message: str) -> None:
+        self.status.emit(message)
+        self.setProgress(100.0 * fraction)
+
+    # --- main thread ---------------------------------------------------------------------------
+    def finished(self, ok: bool) -> None:
+        if ok and not self.isCanceled():
+            self._record()
+        self.done.emit()
+
+    def _record(self) -> None:
+        if any(sip.isdeleted(layer) for layer in self.job.layers):
+            self.error = "an input layer was removed before the answer arrived; nothing was recorded"
+            return
+        project = QgsProject.instance()
+        try:
+            self.record = annotations.record_answer(
+                project, self.job.layers, self.result, self.job.question,
+                answers_gpkg=self.job.settings.answers_path(project))
+        except Exception as exc:  # a write failure is reported in the dock, never a crash
+            QgsMessageLog.logMessage(traceback.format_exc(), "UniRS", Qgis.Warning)
+            self.error = f"the answer could not be saved: {exc}"

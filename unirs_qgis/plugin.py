@@ -1,0 +1,62 @@
+"""The QGIS plugin object: registers the Processing provider and (with a GUI) the dock toggle."""
+
+from __future__ import annotations
+
+from qgis.core import QgsApplication
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction
+
+from unirs_qgis.engine_link import shutdown_client
+from unirs_qgis import ICON_PATH
+from unirs_qgis.provider import UniRSProvider
+
+MENU = "&UniRS"
+
+
+class UniRSPlugin:
+    """classFactory's product. Under qgis_process iface is None and only initProcessing runs."""
+
+    def __init__(self, iface):
+        self.iface = iface
+        self.provider: UniRSProvider | None = None
+        self.action: QAction | None = None
+        self.dock = None
+
+    def initProcessing(self) -> None:  # noqa: N802 (QGIS hook)
+        if self.provider is None:  # QGIS may call this and then initGui (which calls it again)
+            self.provider = UniRSProvider()
+            QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def initGui(self) -> None:  # noqa: N802 (QGIS hook)
+        self.initProcessing()
+        self.action = QAction(QIcon(ICON_PATH), "UniRS", self.iface.mainWindow())
+        self.action.setCheckable(True)
+        self.action.setToolTip("Show the UniRS panel: ask about layers, describe changes")
+        self.action.toggled.connect(self.show_dock)
+        self.iface.addPluginToRasterMenu(MENU, self.action)
+        self.iface.addToolBarIcon(self.action)
+
+    def show_dock(self, visible: bool = True) -> None:
+        """Create the dock on first use (keeps plugin start-up cheap), then show/hide it."""
+        if self.dock is None:
+            from unirs_qgis.dock.widget import UniRSDockWidget
+
+            self.dock = UniRSDockWidget(self.iface, self.iface.mainWindow())
+            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+            self.dock.visibilityChanged.connect(self.action.setChecked)
+        self.dock.setVisible(visible)
+
+    def unload(self) -> None:
+        if self.dock is not None:
+            self.iface.removeDockWidget(self.dock)
+            self.dock.deleteLater()
+            self.dock = None
+        if self.action is not None:
+            self.iface.removePluginRasterMenu(MENU, self.action)
+            self.iface.removeToolBarIcon(self.action)
+            self.action = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
+        shutdown_client()
