@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import prompts
 from .inputs.pair import read_pair
@@ -103,6 +104,17 @@ def _n_slots(kind: InputKind, features: torch.Tensor) -> int:
     return features.shape[0] if kind is InputKind.SEQUENCE else 1
 
 
+class _StopWhenCancelled(StoppingCriteria):
+    """Ends generate() at the next token once the caller cancels (a long caption must not block)."""
+
+    def __init__(self, is_cancelled: Callable[[], bool]):
+        self.is_cancelled = is_cancelled
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.is_cancelled(), dtype=torch.bool,
+                          device=input_ids.device)
+
+
 def _chip_key(chip: Chip) -> str:
     img = chip.image
     return hashlib.sha1(img.tobytes() + str(img.shape).encode()).hexdigest()
@@ -152,48 +164,61 @@ class Engine:
         }
 
     def ask(self, image, question: str, *, bounds=None, bounds_crs=None, bands=None,
-            clue: bool = False, max_new_tokens: int | None = None) -> Result:
+            clue: bool = False, max_new_tokens: int | None = None,
+            is_cancelled: Callable[[], bool] | None = None) -> Result:
         req = Request(InputKind.IMAGE, [image], question, clue=clue, bounds=bounds,
                       bounds_crs=bounds_crs, bands=bands)
-        return self.run_batch([req], max_new_tokens=max_new_tokens)[0]
+        return self.run_batch([req], max_new_tokens=max_new_tokens, is_cancelled=is_cancelled)[0]
 
     def describe_change(self, before, after, instruction: str | None = None, *, bounds=None,
                         bounds_crs=None, bands=None, clue: bool = False,
-                        max_new_tokens: int | None = None) -> Result:
+                        max_new_tokens: int | None = None,
+                        is_cancelled: Callable[[], bool] | None = None) -> Result:
         req = Request(InputKind.PAIR, [before, after],
                       instruction or prompts.CHANGE_DESCRIBE_INSTRUCTION, clue=clue, bounds=bounds,
                       bounds_crs=bounds_crs, bands=bands)
-        return self.run_batch([req], max_new_tokens=max_new_tokens)[0]
+        return self.run_batch([req], max_new_tokens=max_new_tokens, is_cancelled=is_cancelled)[0]
 
     def classify_sequence(self, frames, classes: Sequence[str] | None = None, *, clue: bool = False,
-                          max_new_tokens: int | None = None) -> Result:
+                          max_new_tokens: int | None = None,
+                          is_cancelled: Callable[[], bool] | None = None) -> Result:
         classes = tuple(classes or prompts.ERA_CLASSES)
         inputs = [frames] if isinstance(frames, (str, Path)) else list(frames)
         req = Request(InputKind.SEQUENCE, inputs, prompts.classify_instruction(classes), clue=clue,
                       classes=classes)
-        return self.run_batch([req], max_new_tokens=max_new_tokens)[0]
+        return self.run_batch([req], max_new_tokens=max_new_tokens, is_cancelled=is_cancelled)[0]
 
     def run_batch(self, requests: Sequence[Request], *, batch_size: int = 8,
                   max_new_tokens: int | None = None,
                   progress: Callable[[int, int], None] | None = None,
                   is_cancelled: Callable[[], bool] | None = None) -> list[Result]:
-        """Answer many requests, `batch_size` per generate call; same answers as one by one."""
+        """Answer many requests, `batch_size` per generate call; same answers as one by one.
+
+        `is_cancelled` is polled between batches and at every generated token; raises Cancelled."""
         results: list[Result] = []
         for start in range(0, len(requests), batch_size):
-            if is_cancelled and is_cancelled():
-                raise Cancelled("cancelled by the caller")
+            self._check(is_cancelled)
             chunk = [self._prepare(r) for r in requests[start:start + batch_size]]
-            results.extend(self._answer(chunk, max_new_tokens or self.max_new_tokens))
+            results.extend(self._answer(chunk, max_new_tokens or self.max_new_tokens, is_cancelled))
             if progress:
                 progress(len(results), len(requests))
         return results
 
-    def change_score(self, before: Chip, after: Chip) -> float:
-        """Cheap change score of an aligned pair from the Change Extraction module (no text)."""
-        feats = self._encode([before, after])                        # (2, P, D)
+    def clear_cache(self) -> None:
+        """Forget cached vision features and clues (e.g. to time a cold request)."""
+        self._features.clear()
+        self._clues.clear()
+
+    def change_scores(self, pairs: Sequence[tuple[Chip, Chip]]) -> list[float]:
+        """Cheap change scores of aligned pairs from the Change Extraction module (no text), in one
+        batched vision pass; the features stay cached for a following describe request."""
+        if not self.model.model.mm_projector.has_change:
+            raise EngineError(f"{self.model.model_id} has no Change Extraction module: change scores "
+                              "need a UniRS checkpoint")
+        feats = self._encode([chip for pair in pairs for chip in pair])   # (2B, P, D)
         with torch.inference_mode():
-            score = self.model.model.mm_projector.layers["change"].change_score(feats[:1], feats[1:])
-        return float(score[0])
+            scores = self._score(feats[0::2], feats[1::2])                 # (B,)
+        return [float(s) for s in scores]
 
     # ---- steps --------------------------------------------------------------------------------
 
@@ -234,6 +259,15 @@ class Engine:
     def _chip(src, **kw) -> Chip:
         return src if isinstance(src, Chip) else read_chip(str(src), **kw)
 
+    @staticmethod
+    def _check(is_cancelled: Callable[[], bool] | None) -> None:
+        if is_cancelled and is_cancelled():
+            raise Cancelled("cancelled by the caller")
+
+    def _score(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        """(B, P, D) before/after features -> (B,) 1 - mean cosine similarity in the CEM's space."""
+        return self.model.model.mm_projector.layers["change"].change_score(before, after)
+
     def _encode(self, chips: list[Chip], loaded: LoadedModel | None = None) -> torch.Tensor:
         """Vision features of chips, (N, P, D); the main model's are cached per chip content."""
         loaded = loaded or self.model
@@ -264,7 +298,7 @@ class Engine:
         t2 = time.perf_counter()
         return _Prepared(req, chips, features, {"read_s": t1 - t0, "encode_s": t2 - t1})
 
-    def _clue(self, prep: _Prepared) -> str | None:
+    def _clue(self, prep: _Prepared, is_cancelled: Callable[[], bool] | None) -> str | None:
         """The base VLM's clue for this input (Table II prompt), cached per input."""
         req = prep.request
         if not req.clue:
@@ -280,7 +314,8 @@ class Engine:
         feats = self._encode(prep.chips, self.clue_model)
         msg = prompts.user_message(kind, prompts.CLUE_PROMPTS[req.kind], _n_slots(kind, feats),
                                    task_tag=False)
-        clue = self._generate(self.clue_model, [(kind, feats, msg)], self.max_new_tokens)[0]
+        clue = self._generate(self.clue_model, [(kind, feats, msg)], self.max_new_tokens,
+                              is_cancelled)[0]
         self._clues.put(key, clue)
         return clue
 
@@ -297,22 +332,25 @@ class Engine:
 
     @staticmethod
     def _generate(loaded: LoadedModel, items: list[tuple[InputKind, torch.Tensor, str]],
-                  max_new_tokens: int) -> list[str]:
+                  max_new_tokens: int, is_cancelled: Callable[[], bool] | None = None) -> list[str]:
         """Greedy answers for (kind, features (N, P, D), user message) items in one generate call."""
         model, tok = loaded.model, loaded.tokenizer
+        stop = StoppingCriteriaList([_StopWhenCancelled(is_cancelled)]) if is_cancelled else None
         with torch.inference_mode():
             slots = [model.visual_slots(feats, kind) for kind, feats, _ in items]  # (n_slots, T, H)
             ids = [prompts.encode(tok, msg)[0] for _, _, msg in items]
-            out = model.generate(ids, slots, max_new_tokens=max_new_tokens)
+            out = model.generate(ids, slots, max_new_tokens=max_new_tokens, stopping_criteria=stop)
+        Engine._check(is_cancelled)  # a cut-short answer is never returned as if complete
         return [tok.decode(o, skip_special_tokens=True).strip() for o in out]
 
-    def _answer(self, batch: list[_Prepared], max_new_tokens: int) -> list[Result]:
-        clues = [self._clue(p) for p in batch]
+    def _answer(self, batch: list[_Prepared], max_new_tokens: int,
+                is_cancelled: Callable[[], bool] | None = None) -> list[Result]:
+        clues = [self._clue(p, is_cancelled) for p in batch]
         messages = [self._user_message(p, c) for p, c in zip(batch, clues)]
         t0 = time.perf_counter()
         answers = self._generate(
             self.model, [(p.request.kind, p.features, m) for p, m in zip(batch, messages)],
-            max_new_tokens)
+            max_new_tokens, is_cancelled)
         gen_s = time.perf_counter() - t0
         results = []
         for prep, answer, clue, msg in zip(batch, answers, clues, messages):
@@ -330,8 +368,7 @@ class Engine:
         req = prep.request
         if req.kind is InputKind.PAIR:
             with torch.inference_mode():
-                f = prep.features
-                score = self.model.model.mm_projector.layers["change"].change_score(f[:1], f[1:])
+                score = self._score(prep.features[:1], prep.features[1:])   # (1,)
             return {"changed": not prompts.says_no_change(answer), "change_score": float(score[0])}
         if req.kind is InputKind.SEQUENCE:
             classes = tuple(req.classes or ())

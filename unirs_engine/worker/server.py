@@ -82,19 +82,22 @@ def _info(engine, params, progress, is_cancelled) -> dict:
 
 def _ask(engine, params, progress, is_cancelled) -> dict:
     return engine.ask(_need(params, "image", "ask"), _need(params, "question", "ask"), **_region(params),
-                      clue=bool(params.get("clue")), max_new_tokens=params.get("max_new_tokens")).to_dict()
+                      clue=bool(params.get("clue")), max_new_tokens=params.get("max_new_tokens"),
+                      is_cancelled=is_cancelled).to_dict()
 
 
 def _change(engine, params, progress, is_cancelled) -> dict:
     return engine.describe_change(_need(params, "before", "change"), _need(params, "after", "change"),
                                   params.get("instruction"), **_region(params), clue=bool(params.get("clue")),
-                                  max_new_tokens=params.get("max_new_tokens")).to_dict()
+                                  max_new_tokens=params.get("max_new_tokens"),
+                                  is_cancelled=is_cancelled).to_dict()
 
 
 def _classify(engine, params, progress, is_cancelled) -> dict:
     return engine.classify_sequence(_need(params, "frames", "classify"), params.get("classes"),
                                     clue=bool(params.get("clue")),
-                                    max_new_tokens=params.get("max_new_tokens")).to_dict()
+                                    max_new_tokens=params.get("max_new_tokens"),
+                                    is_cancelled=is_cancelled).to_dict()
 
 
 for _name, _handler in (("hello", _hello), ("info", _info), ("ask", _ask), ("change", _change),

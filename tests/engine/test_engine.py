@@ -1,0 +1,136 @@
+"""The inference API on a tiny random checkpoint: routing, georef, batching, caches, cancel, errors.
+
+A random model answers gibberish, so these tests check structure and determinism, never meaning."""
+
+import numpy as np
+import pytest
+
+from unirs_engine import prompts
+from unirs_engine.engine import Cancelled, Engine, EngineError, Request
+from unirs_engine.inputs.raster import read_chip
+from unirs_engine.testing.rasters import pattern, write_pair, write_raster
+from unirs_engine.testing.tiny import build_tiny_vila_checkpoint
+from unirs_engine.types import InputKind
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint):
+    return Engine.load(tiny_checkpoint, device="cpu", max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def rasters(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rasters")
+    before, after = write_pair(folder / "pair")
+    frames = [write_raster(folder / f"frame_{i}.tif", pattern(64, 64, seed=i)) for i in range(3)]
+    return {"image": write_raster(folder / "rgb.tif", pattern(96, 128)), "before": before,
+            "after": after, "frames": frames}
+
+
+def test_ask_returns_georeferenced_result(engine, rasters):
+    result = engine.ask(rasters["image"], "How many houses are there?")
+    assert result.task == "ask" and isinstance(result.answer, str)
+    assert result.georef[0].source == str(rasters["image"]) and result.georef[0].crs
+    assert "How many houses are there?" in result.prompt and result.device == "cpu"
+    assert set(result.timings) >= {"read_s", "encode_s", "generate_s", "total_s"}
+
+
+def test_describe_change_reports_score_and_decision(engine, rasters):
+    result = engine.describe_change(rasters["before"], rasters["after"])
+    assert result.task == "change"
+    assert result.extra["changed"] == (not prompts.says_no_change(result.answer))
+    assert 0.0 <= result.extra["change_score"] <= 2.0
+    # Both chips are described on the before grid.
+    assert result.georef[0].transform == result.georef[1].transform
+
+
+def test_classify_sequence_uses_one_slot_per_frame(engine, rasters):
+    result = engine.classify_sequence(rasters["frames"], classes=["flood", "fire"])
+    assert result.task == "classify" and result.extra["classes"] == ["flood", "fire"]
+    assert result.prompt.count(prompts.IMAGE_TOKEN) == 3
+    assert result.extra["frames"] == [str(f) for f in rasters["frames"]]
+
+
+def test_batch_equals_one_by_one(engine, rasters):
+    requests = [Request(InputKind.IMAGE, [rasters["image"]], "What is in the image?"),
+                Request(InputKind.PAIR, [rasters["before"], rasters["after"]],
+                        prompts.CHANGE_DESCRIBE_INSTRUCTION),
+                Request(InputKind.SEQUENCE, rasters["frames"], prompts.classify_instruction(["a", "b"]))]
+    single = [engine.run_batch([r])[0].answer for r in requests]
+    batched = engine.run_batch(requests, batch_size=3)
+    assert [r.answer for r in batched] == single
+    assert all(r.timings["batch_size"] == 3 for r in batched)
+
+
+def test_feature_cache_reuses_vision_features(engine, rasters):
+    engine.clear_cache()
+    calls = []
+    original = engine._encode_uncached
+    engine._encode_uncached = lambda chips, loaded: calls.append(len(chips)) or original(chips, loaded)
+    try:
+        first = engine.ask(rasters["image"], "Is there a road?")
+        second = engine.ask(rasters["image"], "Is there a road?")
+    finally:
+        del engine._encode_uncached
+    assert calls == [1]            # the second request found its features in the cache
+    assert first.answer == second.answer
+
+
+def test_change_scores_batched_match_single(engine, rasters):
+    before = read_chip(str(rasters["image"]))
+    other = read_chip(str(rasters["frames"][0]))
+    engine.clear_cache()
+    batched = engine.change_scores([(before, before), (before, other)])
+    engine.clear_cache()
+    single = [engine.change_scores([pair])[0] for pair in ((before, before), (before, other))]
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+    assert batched[0] == pytest.approx(0.0, abs=1e-5) and batched[1] > batched[0]
+
+
+def test_cancel_between_batches(engine, rasters):
+    requests = [Request(InputKind.IMAGE, [rasters["image"]], f"Question {i}?") for i in range(4)]
+    done = []
+    with pytest.raises(Cancelled):
+        engine.run_batch(requests, batch_size=2, progress=lambda d, t: done.append(d),
+                         is_cancelled=lambda: bool(done))
+    assert done == [2]
+
+
+def test_cancel_stops_generation_mid_answer(engine, rasters):
+    polls = []
+
+    def cancel_after_three_tokens():
+        polls.append(1)
+        return len(polls) > 3
+
+    with pytest.raises(Cancelled):
+        engine.ask(rasters["image"], "Describe the image.", max_new_tokens=50,
+                   is_cancelled=cancel_after_three_tokens)
+    assert len(polls) < 10      # generation stopped at the next token, not after 50
+
+
+def test_pair_needs_a_change_module(tmp_path, rasters):
+    vila = Engine.load(build_tiny_vila_checkpoint(tmp_path / "vila"), device="cpu", max_new_tokens=2)
+    with pytest.raises(EngineError, match="no Change Extraction module"):
+        vila.describe_change(rasters["before"], rasters["after"])
+
+
+def test_clue_needs_a_clue_model(engine, rasters):
+    with pytest.raises(EngineError, match="no clue model"):
+        engine.ask(rasters["image"], "What is here?", clue=True)
+
+
+def test_clue_is_written_once_and_added_to_the_prompt(tiny_checkpoint, rasters):
+    engine = Engine.load(tiny_checkpoint, device="cpu", clue_model_dir=tiny_checkpoint, max_new_tokens=4)
+    first = engine.ask(rasters["image"], "What is here?", clue=True)
+    second = engine.ask(rasters["image"], "Anything else?", clue=True)
+    assert isinstance(first.clue, str) and first.clue == second.clue
+    assert first.clue in first.prompt
+
+
+def test_unreadable_input_names_the_file(engine, tmp_path):
+    missing = tmp_path / "nope.tif"
+    with pytest.raises(EngineError, match="nope.tif"):
+        engine.ask(missing, "What is here?")
+    with pytest.raises(EngineError, match="needs 2 input"):
+        engine.run_batch([Request(InputKind.PAIR, [missing], "x")])
