@@ -49,6 +49,7 @@ class UniRSPlugin:
 
     def unload(self) -> None:
         if self.dock is not None:
+            self.dock.cancel()  # a running task must not outlive the widgets it reports to
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None
