@@ -220,16 +220,7 @@ def write_sample_set(folder: str | Path) -> dict[str, Path]:
 
 
 def write_video(path: str | Path, frames: np.ndarray, *, fps: int = 24) -> Path:
-    """An H.264 (or MPEG-4 part 2 where PyAV lacks libx264) video of `frames` `(N, H, W, 3)` uint8,
-    H and W even. Encoded at high quality so colours survive within a few levels."""
-    import av
+    """A near-lossless video of `frames` `(N, H, W, 3)` uint8 (H and W even)."""
+    from ..data.synthetic.video import write_mp4
 
-    codec, options = ("libx264", {"crf": "1"}) if "libx264" in av.codecs_available else ("mpeg4", {"qscale": "1"})
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps, options=options)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for rgb in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
-        container.mux(stream.encode())  # flush the encoder's delayed frames
-    return Path(path)
+    return write_mp4(path, frames, fps, near_lossless=True)

@@ -40,9 +40,13 @@ def video_frames(rng: np.random.Generator, cls: str, size: int, *, n_frames: int
     return frames
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int = FPS) -> Path:
-    """H.264 (MPEG-4 part 2 where PyAV lacks libx264), yuv420p, one frame per array."""
-    codec, options = ("libx264", {"crf": "18"}) if "libx264" in av.codecs_available else ("mpeg4", {"qscale": "3"})
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = FPS, *, near_lossless: bool = False) -> Path:
+    """H.264 (MPEG-4 part 2 where PyAV lacks libx264), yuv420p, one frame per array `(N, H, W, 3)`
+    uint8, H and W even. `near_lossless` keeps colours within a few levels (for tests)."""
+    if "libx264" in av.codecs_available:
+        codec, options = "libx264", {"crf": "1" if near_lossless else "18"}
+    else:
+        codec, options = "mpeg4", {"qscale": "1" if near_lossless else "3"}
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.height, stream.width = frames.shape[1:3]
