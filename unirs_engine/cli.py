@@ -163,9 +163,10 @@ def _registered_commands():
     """Commands that live with their subsystem (datasets, evaluation, training, review)."""
     from .data.synthetic.command import register as synth
     from .evaluate.command import register as evaluate
+    from .review.command import register as review
     from .train.command import register as train
 
-    return [synth, evaluate, train]
+    return [synth, evaluate, train, review]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -204,6 +204,10 @@ class Engine:
                 progress(len(results), len(requests))
         return results
 
+    def reserve_cache(self, chips: int) -> None:
+        """Keep the features of at least `chips` chips (a batch scored, then described)."""
+        self._features.capacity = max(self._features.capacity, chips)
+
     def clear_cache(self) -> None:
         """Forget cached vision features and clues (e.g. to time a cold request)."""
         self._features.clear()

@@ -98,6 +98,12 @@ class EngineClient(ABC):
         params = {"frames": frames, "classes": list(classes) if classes else None, "clue": clue}
         return self.run("classify", params, on_progress=on_progress, is_cancelled=is_cancelled, timeout=timeout)
 
+    def review(self, job: dict, *, on_progress: OnProgress | None = None, is_cancelled: IsCancelled | None = None,
+               timeout: float | None = None) -> dict:
+        """Run a change review (ReviewJob.to_dict()); returns ReviewSummary.to_dict(). A cancel raises
+        RequestCancelled; the GeoPackage keeps every finished tile and a rerun resumes."""
+        return self.run("review", dict(job), on_progress=on_progress, is_cancelled=is_cancelled, timeout=timeout)
+
     def __enter__(self) -> "EngineClient":
         return self
 

@@ -100,8 +100,17 @@ def _classify(engine, params, progress, is_cancelled) -> dict:
                                     is_cancelled=is_cancelled).to_dict()
 
 
+def _review(engine, params, progress, is_cancelled) -> dict:
+    from ..review import ReviewJob, run_review
+
+    job = ReviewJob.from_dict({k: v for k, v in params.items() if k != "model"})  # the worker's model reviews
+    summary = run_review(engine, job, is_cancelled=is_cancelled,
+                         progress=lambda done, total: progress(done / total, f"tile {done}/{total}"))
+    return summary.to_dict()
+
+
 for _name, _handler in (("hello", _hello), ("info", _info), ("ask", _ask), ("change", _change),
-                        ("classify", _classify)):
+                        ("classify", _classify), ("review", _review)):
     register_op(_name, _handler)
 
 

@@ -1,0 +1,85 @@
+"""`unirs review BEFORE AFTER --out OUT.gpkg`: tiled change review with tqdm progress and a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+
+from .job import DEFAULT_THRESHOLD, ReviewError, ReviewJob
+
+EXIT_CANCELLED = 130  # the shell's code for "stopped by Ctrl-C"
+
+
+def register(subparsers) -> None:
+    """Add the `review` subcommand to the `unirs` command line."""
+    p = subparsers.add_parser(
+        "review", help="review changes between two dated mosaics tile by tile into a GeoPackage",
+        description="Tiles the overlap of BEFORE and AFTER on a common grid, scores every tile pair for "
+                    "change and captions those at or above --threshold, writing to a GeoPackage as it goes. "
+                    "Rerun the same command to resume; Ctrl-C stops cleanly, keeping finished tiles.")
+    p.add_argument("before", help="earlier mosaic (any georeferenced raster GDAL reads)")
+    p.add_argument("after", help="later mosaic (any CRS/resolution)")
+    p.add_argument("--out", required=True, metavar="OUT.gpkg", help="GeoPackage to create or resume")
+    p.add_argument("--tile-size", type=float, default=256, help="tile side (default 256)")
+    p.add_argument("--tile-units", choices=("pixels", "map"), default="pixels",
+                   help="--tile-size/--overlap in grid pixels or grid CRS units (default pixels)")
+    p.add_argument("--overlap", type=float, default=0.0, help="tile overlap, same units (default 0)")
+    p.add_argument("--crs", help="common grid CRS, e.g. EPSG:32633 (default: BEFORE's)")
+    p.add_argument("--resolution", type=float, help="common grid pixel size in CRS units (default: BEFORE's)")
+    p.add_argument("--bands", type=int, nargs="+", help="1-based bands for R G B (or one for grey)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"change score at or above which a tile is captioned (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--caption-all", action="store_true", help="caption every valid tile")
+    p.add_argument("--min-valid", type=float, default=0.5,
+                   help="valid-pixel fraction in both dates below which a tile is skipped (default 0.5)")
+    p.add_argument("--max-tiles", type=int, default=100_000, help="refuse a plan with more tiles (default 100000)")
+    p.add_argument("--batch-size", type=int, default=8, help="tile pairs per forward pass (default 8)")
+    p.add_argument("--date-before", help="ISO date of BEFORE, written into every feature")
+    p.add_argument("--date-after", help="ISO date of AFTER")
+    p.add_argument("--model", metavar="DIR", help="UniRS checkpoint (default: $UNIRS_MODEL, else the demo model)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..engine import Engine
+    from .grid import plan_review
+    from .run import run_review
+
+    try:
+        job = ReviewJob(args.before, args.after, args.out, tile_size=args.tile_size, tile_units=args.tile_units,
+                        overlap=args.overlap, crs=args.crs, resolution=args.resolution, bands=args.bands,
+                        threshold=args.threshold, caption_all=args.caption_all, min_valid=args.min_valid,
+                        max_tiles=args.max_tiles, batch_size=args.batch_size, date_before=args.date_before,
+                        date_after=args.date_after)
+        plan_review(job)  # refuse a bad plan before the model loads
+        engine = Engine.load(args.model, device=args.device)
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())  # stop between tokens
+        try:
+            with tqdm(unit="tile", file=sys.stderr, desc="review") as bar:
+                def progress(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.update(done - bar.n)
+
+                summary = run_review(engine, job, progress=progress, is_cancelled=stop.is_set)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    except ReviewError as exc:
+        print(f"unirs review: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        s = summary
+        state = "stopped (rerun to resume)" if s.cancelled else "done"
+        print(f"review {state}: {s.resumed_from + s.done:,}/{s.total_tiles:,} tiles "
+              f"({s.done:,} this run, {s.tiles_per_s:.2f} tiles/s); skipped {s.skipped_nodata:,} nodata, "
+              f"{s.skipped_outside:,} outside; {s.changed:,} changed, {s.captioned:,} captioned -> {s.out}")
+    return EXIT_CANCELLED if summary.cancelled else 0

@@ -1,0 +1,117 @@
+"""What a change review is asked to do (ReviewJob) and what it did (ReviewSummary). No torch here."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+
+# Score (1 - mean cosine similarity of the CEM's before/after features) at or above which a tile is
+# captioned. Tunable per model: the lead calibrates it on the demo model.
+DEFAULT_THRESHOLD = 0.1
+TILE_UNITS = ("pixels", "map")
+# Keys that change how fast a review runs, not what it writes: a resume may change them.
+RUNTIME_KEYS = ("batch_size", "prefetch", "max_tiles")
+
+
+def _is_iso_date(value: str | None) -> bool:
+    try:
+        return value is None or bool(date.fromisoformat(value))
+    except (TypeError, ValueError):
+        return False
+
+
+class ReviewError(RuntimeError):
+    """A review that cannot run; the message is one line naming the file or option and why."""
+
+
+@dataclass(frozen=True)
+class ReviewJob:
+    before: str                      # raster path (GeoTIFF/VRT/...; georeferenced)
+    after: str
+    out: str                         # .gpkg path (created, or resumed if it holds the same job)
+    tile_size: float = 256           # tile side, pixels of the common grid (tile_units="pixels")
+    tile_units: str = "pixels"       #   or ground units of the grid CRS (tile_units="map")
+    overlap: float = 0.0             # same units as tile_size, < tile_size
+    crs: str | None = None           # common grid CRS (any rasterio user input); default before's
+    resolution: float | None = None  # common grid pixel size in crs units; default before's
+    bands: tuple[int, ...] | None = None   # 1-based, 1 or 3 bands; default RGB rule of inputs/raster.py
+    threshold: float = DEFAULT_THRESHOLD   # tiles with score >= threshold get a caption
+    caption_all: bool = False        # caption every valid tile
+    min_valid: float = 0.5           # fraction of valid pixels in BOTH dates below which a tile is skipped
+    max_tiles: int = 100_000         # plan refused above this, message names the count
+    batch_size: int = 8              # tile pairs per forward pass / generate call
+    prefetch: int = 2                # batches read ahead (bounded queue)
+    date_before: str | None = None   # ISO dates, written into every feature
+    date_after: str | None = None
+    instruction: str | None = None   # default prompts.CHANGE_DESCRIBE_INSTRUCTION
+
+    def __post_init__(self):
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
+        problems = [msg for bad, msg in (
+            (self.tile_units not in TILE_UNITS, f"tile_units must be one of {TILE_UNITS}, got {self.tile_units!r}"),
+            (not self.tile_size > 0, f"tile_size must be > 0, got {self.tile_size}"),
+            (not 0 <= self.overlap < self.tile_size,
+             f"overlap must be >= 0 and < tile_size ({self.tile_size}), got {self.overlap}"),
+            (self.resolution is not None and not self.resolution > 0,
+             f"resolution must be > 0, got {self.resolution}"),
+            (not 0 <= self.min_valid <= 1, f"min_valid must be in [0, 1], got {self.min_valid}"),
+            (self.max_tiles < 1, f"max_tiles must be >= 1, got {self.max_tiles}"),
+            (self.batch_size < 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.prefetch < 1, f"prefetch must be >= 1, got {self.prefetch}"),
+            (not str(self.out).lower().endswith(".gpkg"), f"out must be a .gpkg file, got {self.out}"),
+            *((not _is_iso_date(value), f"{name} must be an ISO date (YYYY-MM-DD), got {value!r}")
+              for name, value in (("date_before", self.date_before), ("date_after", self.date_after))),
+        ) if bad]
+        if problems:
+            raise ReviewError(f"bad review job: {problems[0]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (bands as a list), for the worker protocol and the GeoPackage."""
+        d = asdict(self)
+        d["bands"] = list(self.bands) if self.bands is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ReviewJob":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ReviewError(f"bad review job: unknown key(s) {', '.join(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as exc:  # a required key is missing
+            raise ReviewError(f"bad review job: {exc}") from None
+
+    def identity(self) -> dict[str, Any]:
+        """The keys that decide what the review writes (compared on resume): all but out and
+        RUNTIME_KEYS, with absolute input paths (a rerun from another folder is the same job)."""
+        d = self.to_dict()
+        for key in ("out", *RUNTIME_KEYS):
+            d.pop(key)
+        d["before"], d["after"] = os.path.abspath(self.before), os.path.abspath(self.after)
+        return d
+
+
+@dataclass
+class ReviewSummary:
+    """One run_review call. done/elapsed_s/tiles_per_s are this call's; the counts are the whole review's."""
+
+    run_id: str
+    out: str
+    total_tiles: int
+    done: int                 # tiles handled this call (written or skipped)
+    resumed_from: int         # tile index this call started at (0: a fresh review)
+    skipped_nodata: int
+    skipped_outside: int
+    changed: int
+    captioned: int
+    cancelled: bool
+    elapsed_s: float
+    tiles_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,80 @@
+"""run_review: plan -> GeoPackage (new or resumed) -> tile batches -> change scores -> captions -> commit."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .. import prompts
+from ..types import InputKind
+from .grid import plan_review
+from .job import ReviewError, ReviewJob, ReviewSummary
+from .store import ReviewStore, TileResult
+from .tiles import TilePair, TileReader
+
+
+def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] | None = None,
+               is_cancelled: Callable[[], bool] | None = None) -> ReviewSummary:
+    """Review job.before against job.after tile by tile into job.out, resuming a stopped run.
+
+    `progress(done_tiles, total_tiles)` after each committed batch; `is_cancelled()` is polled per
+    batch and during generation: a cancel keeps every committed batch and returns cancelled=True."""
+    from ..engine import Cancelled, EngineError  # here, not at the top: the package stays torch-free
+
+    t0 = time.perf_counter()
+    plan = plan_review(job)
+    # A pair's two feature sets must still be cached when its caption is generated after scoring.
+    engine.reserve_cache(2 * job.batch_size)
+    store = ReviewStore.open(job, plan, engine.model.model_id)
+    start, cancelled = store.state.next_tile, False
+    try:
+        if progress:
+            progress(start, plan.total_tiles)
+        if not store.state.finished:
+            with TileReader(job, plan, start=start, max_side=2 * engine.preprocess.size) as reader:
+                for batch in reader:
+                    if is_cancelled and is_cancelled():
+                        cancelled = True
+                        break
+                    try:
+                        results = _review_pairs(engine, job, batch.pairs, is_cancelled)
+                    except Cancelled:  # mid-generation: this batch is dropped, the committed ones stay
+                        cancelled = True
+                        break
+                    except EngineError as exc:
+                        raise ReviewError(f"reviewing {job.before} against {job.after}: {exc}") from exc
+                    store.append(results, next_tile=batch.stop, skipped_nodata=batch.skipped_nodata,
+                                 skipped_outside=batch.skipped_outside)
+                    if progress:
+                        progress(batch.stop, plan.total_tiles)
+    finally:
+        store.close()
+    elapsed = time.perf_counter() - t0
+    s = store.state
+    done = s.next_tile - start
+    return ReviewSummary(run_id=s.run_id, out=str(job.out), total_tiles=plan.total_tiles, done=done,
+                         resumed_from=start, skipped_nodata=s.skipped_nodata, skipped_outside=s.skipped_outside,
+                         changed=s.changed, captioned=s.captioned, cancelled=cancelled, elapsed_s=elapsed,
+                         tiles_per_s=done / elapsed if elapsed > 0 else 0.0)
+
+
+def _review_pairs(engine, job: ReviewJob, pairs: list[TilePair],
+                  is_cancelled: Callable[[], bool] | None) -> list[TileResult]:
+    """Scores of all pairs (one vision pass), captions of those at/above threshold (one generate call)."""
+    from ..engine import Request
+
+    if not pairs:
+        return []
+    scores = engine.change_scores([(p.before, p.after) for p in pairs])          # B floats
+    wanted = [i for i, score in enumerate(scores) if job.caption_all or score >= job.threshold]
+    instruction = job.instruction or prompts.CHANGE_DESCRIBE_INSTRUCTION
+    answers = engine.run_batch([Request(InputKind.PAIR, [pairs[i].before, pairs[i].after], instruction)
+                                for i in wanted], batch_size=job.batch_size, is_cancelled=is_cancelled)
+    captions = dict(zip(wanted, answers))
+    results = []
+    for i, (pair, score) in enumerate(zip(pairs, scores)):
+        answer = captions.get(i)
+        results.append(TileResult(pair.row, pair.col, pair.bounds, score,
+                                  changed=bool(answer and answer.extra["changed"]),  # the caption decides
+                                  caption=answer.answer if answer else None))
+    return results

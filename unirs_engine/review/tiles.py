@@ -1,0 +1,165 @@
+"""Read tile pairs of a review plan, window by window, on a thread that stays a bounded step ahead.
+
+Both mosaics are seen through rasterio WarpedVRTs onto the common grid; a tile is read decimated to at
+most `max_side` pixels a side, so memory holds at most prefetch batches (+ the one being built).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.transform import Affine
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as transform_points
+from rasterio.windows import Window
+
+from ..inputs.raster import fit_shape, open_raster, read_rgb, select_bands
+from ..types import Chip, GeoRef
+from .grid import ReviewPlan
+from .job import ReviewError, ReviewJob
+
+_LATTICE = np.linspace(0.0, 1.0, 5)  # where a tile is probed against a mosaic's footprint
+_POLL_S = 0.1                         # how often a blocked reader looks for close()
+_DONE = object()
+
+
+@dataclass
+class TilePair:
+    index: int
+    row: int
+    col: int
+    bounds: tuple[float, float, float, float]   # in the grid CRS
+    before: Chip                                # (h, w, 3) uint8, h, w <= max_side
+    after: Chip
+
+
+@dataclass
+class TileBatch:
+    """batch_size consecutive tiles: the pairs to score, and how many were skipped and why."""
+
+    stop: int                                   # index of the tile after this batch
+    pairs: list[TilePair] = field(default_factory=list)
+    skipped_nodata: int = 0
+    skipped_outside: int = 0
+
+
+class _Date:
+    """One mosaic seen on the grid: its WarpedVRT, bands, and footprint for the outside test."""
+
+    def __init__(self, path: str, src, plan: ReviewPlan, bands):
+        self.path = path
+        self.indexes = select_bands(src, path, bands)
+        self.crs, self.grid_crs = src.crs, CRS.from_wkt(plan.crs)
+        self.to_pixel = ~src.transform
+        self.width, self.height = src.width, src.height
+        # Without nodata or alpha the warper needs an added alpha band to mark pixels outside the mosaic.
+        self.vrt = WarpedVRT(src, crs=self.grid_crs, transform=Affine(*plan.transform), width=plan.width,
+                             height=plan.height, resampling=Resampling.bilinear,
+                             add_alpha=src.nodata is None and ColorInterp.alpha not in src.colorinterp)
+
+    def read(self, window: Window, out_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        return read_rgb(self.vrt, self.indexes, window=window, out_shape=out_shape)  # (h, w, 3), (h, w)
+
+    def outside(self, bounds) -> bool:
+        """True when no point of a 5 x 5 lattice over the tile (corners included) is on this mosaic."""
+        left, bottom, right, top = bounds
+        xs, ys = np.meshgrid(left + _LATTICE * (right - left), bottom + _LATTICE * (top - bottom))
+        xs, ys = xs.ravel().tolist(), ys.ravel().tolist()
+        if self.crs != self.grid_crs:
+            xs, ys = transform_points(self.grid_crs, self.crs, xs, ys)
+        cols, rows = self.to_pixel * (np.asarray(xs), np.asarray(ys))
+        on = (cols >= 0) & (cols <= self.width) & (rows >= 0) & (rows <= self.height)
+        return not on.any()
+
+
+class TileReader:
+    """Iterate TileBatches of `plan` from tile `start`; `with TileReader(...) as r: for b in r: ...`."""
+
+    def __init__(self, job: ReviewJob, plan: ReviewPlan, *, start: int, max_side: int):
+        self.job, self.plan, self.start, self.max_side = job, plan, start, max_side
+        self.queue: queue.Queue = queue.Queue(maxsize=job.prefetch)   # holds <= prefetch batches
+        self.tiles_read = 0                                            # tiles read so far (diagnostics)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="unirs-review-reader", daemon=True)
+
+    def __enter__(self) -> "TileReader":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __iter__(self):
+        while True:
+            item = self.queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise ReviewError(f"reading tiles failed: {item}") from item
+            yield item
+
+    # reader thread
+    def _put(self, item) -> bool:
+        """Block until the queue has room or close() is called; False when closed."""
+        while not self._stop.is_set():
+            try:
+                self.queue.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        job, plan = self.job, self.plan
+        try:
+            with ExitStack() as stack:
+                dates = []
+                for path in (job.before, job.after):
+                    src = stack.enter_context(open_raster(path))
+                    date = _Date(path, src, plan, job.bands)
+                    stack.enter_context(date.vrt)
+                    dates.append(date)
+                batch = TileBatch(stop=self.start)
+                for index in range(self.start, plan.total_tiles):
+                    if self._stop.is_set():
+                        return
+                    self._read_tile(index, dates, batch)
+                    batch.stop = index + 1
+                    if batch.stop % job.batch_size == 0 or batch.stop == plan.total_tiles:
+                        if not self._put(batch):
+                            return
+                        batch = TileBatch(stop=batch.stop)
+        except Exception as exc:  # handed to the consumer, which raises it as a ReviewError
+            self._put(exc)
+            return
+        self._put(_DONE)
+
+    def _read_tile(self, index: int, dates: list[_Date], batch: TileBatch) -> None:
+        row, col, window = self.plan.window(index)
+        bounds = self.plan.bounds(window)
+        out_shape = fit_shape(int(window.height), int(window.width), self.max_side)     # (h, w)
+        reads = [d.read(window, out_shape) for d in dates]                              # [(image, valid)] x 2
+        self.tiles_read += 1
+        if any(not valid.any() and d.outside(bounds) for d, (_, valid) in zip(dates, reads)):
+            batch.skipped_outside += 1
+            return
+        if min(valid.mean() for _, valid in reads) < self.job.min_valid:
+            batch.skipped_nodata += 1
+            return
+        scale = Affine.scale(window.width / out_shape[1], window.height / out_shape[0])
+        transform = tuple(Affine(*self.plan.transform) * Affine.translation(window.col_off, window.row_off)
+                          * scale)[:6]
+        before, after = (Chip(image, GeoRef(d.path, self.plan.crs, bounds, transform, out_shape[1],
+                                            out_shape[0], d.indexes), valid)
+                         for d, (image, valid) in zip(dates, reads))
+        batch.pairs.append(TilePair(index, row, col, bounds, before, after))
