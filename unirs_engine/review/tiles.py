@@ -12,6 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
+import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.transform import Affine
@@ -27,6 +28,7 @@ from .job import ReviewError, ReviewJob
 _LATTICE = np.linspace(0.0, 1.0, 5)  # where a tile is probed against a mosaic's footprint
 _POLL_S = 0.1                         # how often a blocked reader looks for close()
 _DONE = object()
+READ_CACHE_BYTES = 32 * 2**20         # GDAL block cache while reviewing (tiles are read once, in order)
 
 
 @dataclass
@@ -123,6 +125,8 @@ class TileReader:
         job, plan = self.job, self.plan
         try:
             with ExitStack() as stack:
+                # GDAL's block cache defaults to 5 % of RAM and would grow with the mosaic: bound it.
+                stack.enter_context(rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES))
                 dates = []
                 for path in (job.before, job.after):
                     src = stack.enter_context(open_raster(path))
