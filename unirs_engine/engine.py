@@ -1,7 +1,8 @@
 """Inference API: ask about an image, describe change in a pair, classify a sequence.
 
 Every request goes the same way: read chips (georeferenced) -> vision features (cached per chip)
--> optional clue from the base VLM (cached per input) -> prompt -> batched greedy generation.
+-> optional clue from the base VLM (cached per input) -> prompt -> batched greedy generation (answers
+cached per chips + prompt: greedy decoding is deterministic, so a repeated question costs a read).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class _Prepared:
 
     request: Request
     chips: list[Chip]
+    keys: tuple[str, ...]             # content hash per chip
     features: torch.Tensor            # (N, P, D) on the model device
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -132,6 +134,8 @@ class Engine:
         self.preprocess = ImagePreprocessor.from_checkpoint(model.path)
         self._features = _LRU(cache_size)   # chip hash -> (P, D) features of self.model
         self._clues = _LRU(cache_size * 4)  # (kind, chip hashes) -> clue text
+        # Greedy decoding is deterministic: (kind, chip hashes, message, max tokens) -> answer text.
+        self._answers = _LRU(cache_size * 4)
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, *, device: str | None = None,
@@ -209,9 +213,10 @@ class Engine:
         self._features.capacity = max(self._features.capacity, chips)
 
     def clear_cache(self) -> None:
-        """Forget cached vision features and clues (e.g. to time a cold request)."""
+        """Forget cached vision features, clues and answers (e.g. to time a cold request)."""
         self._features.clear()
         self._clues.clear()
+        self._answers.clear()
 
     def change_scores(self, pairs: Sequence[tuple[Chip, Chip]]) -> list[float]:
         """Cheap change scores of aligned pairs from the Change Extraction module (no text), in one
@@ -272,12 +277,13 @@ class Engine:
         """(B, P, D) before/after features -> (B,) 1 - mean cosine similarity in the CEM's space."""
         return self.model.model.mm_projector.layers["change"].change_score(before, after)
 
-    def _encode(self, chips: list[Chip], loaded: LoadedModel | None = None) -> torch.Tensor:
+    def _encode(self, chips: list[Chip], loaded: LoadedModel | None = None,
+                keys: Sequence[str] | None = None) -> torch.Tensor:
         """Vision features of chips, (N, P, D); the main model's are cached per chip content."""
         loaded = loaded or self.model
         if loaded is not self.model:
             return self._encode_uncached(chips, loaded)
-        keys = [_chip_key(c) for c in chips]
+        keys = keys or [_chip_key(c) for c in chips]
         missing = [i for i, k in enumerate(keys) if self._features.get(k) is None]
         if missing:
             feats = self._encode_uncached([chips[i] for i in missing], loaded)  # (M, P, D)
@@ -298,9 +304,10 @@ class Engine:
         if req.kind is InputKind.PAIR and not self.model.model.mm_projector.has_change:
             raise EngineError(f"{self.model.model_id} has no Change Extraction module (a VILA-1.5 "
                               "checkpoint?): pair requests need a UniRS checkpoint")
-        features = self._encode(chips)
+        keys = tuple(_chip_key(c) for c in chips)
+        features = self._encode(chips, keys=keys)
         t2 = time.perf_counter()
-        return _Prepared(req, chips, features, {"read_s": t1 - t0, "encode_s": t2 - t1})
+        return _Prepared(req, chips, keys, features, {"read_s": t1 - t0, "encode_s": t2 - t1})
 
     def _clue(self, prep: _Prepared, is_cancelled: Callable[[], bool] | None) -> str | None:
         """The base VLM's clue for this input (Table II prompt), cached per input."""
@@ -309,7 +316,7 @@ class Engine:
             return None
         if self.clue_model is None:
             raise EngineError("a clue was requested but no clue model is loaded (--clue-model DIR)")
-        key = (req.kind.value, tuple(_chip_key(c) for c in prep.chips))
+        key = (req.kind.value, prep.keys)
         cached = self._clues.get(key)
         if cached is not None:
             return cached
@@ -351,15 +358,22 @@ class Engine:
                 is_cancelled: Callable[[], bool] | None = None) -> list[Result]:
         clues = [self._clue(p, is_cancelled) for p in batch]
         messages = [self._user_message(p, c) for p, c in zip(batch, clues)]
+        keys = [(p.request.kind.value, p.keys, m, max_new_tokens) for p, m in zip(batch, messages)]
+        todo = [i for i, k in enumerate(keys) if self._answers.get(k) is None]
         t0 = time.perf_counter()
-        answers = self._generate(
-            self.model, [(p.request.kind, p.features, m) for p, m in zip(batch, messages)],
-            max_new_tokens, is_cancelled)
+        if todo:
+            fresh = self._generate(
+                self.model, [(batch[i].request.kind, batch[i].features, messages[i]) for i in todo],
+                max_new_tokens, is_cancelled)
+            for i, answer in zip(todo, fresh):
+                self._answers.put(keys[i], answer)
         gen_s = time.perf_counter() - t0
+        answers = [self._answers.get(k) for k in keys]
         results = []
-        for prep, answer, clue, msg in zip(batch, answers, clues, messages):
+        for i, (prep, answer, clue, msg) in enumerate(zip(batch, answers, clues, messages)):
             req = prep.request
-            timings = dict(prep.timings, generate_s=gen_s, batch_size=len(batch))
+            timings = dict(prep.timings, generate_s=gen_s if i in todo else 0.0, batch_size=len(todo),
+                           answer_cached=i not in todo)
             timings["total_s"] = timings["read_s"] + timings["encode_s"] + gen_s
             results.append(Result(
                 task=req.task, answer=answer, prompt=prompts.conversation(msg), clue=clue,

@@ -56,10 +56,12 @@ def test_batch_equals_one_by_one(engine, rasters):
                 Request(InputKind.PAIR, [rasters["before"], rasters["after"]],
                         prompts.CHANGE_DESCRIBE_INSTRUCTION),
                 Request(InputKind.SEQUENCE, rasters["frames"], prompts.classify_instruction(["a", "b"]))]
+    engine.clear_cache()
     single = [engine.run_batch([r])[0].answer for r in requests]
+    engine.clear_cache()
     batched = engine.run_batch(requests, batch_size=3)
     assert [r.answer for r in batched] == single
-    assert all(r.timings["batch_size"] == 3 for r in batched)
+    assert all(r.timings["batch_size"] == 3 and not r.timings["answer_cached"] for r in batched)
 
 
 def test_feature_cache_reuses_vision_features(engine, rasters):
@@ -74,6 +76,17 @@ def test_feature_cache_reuses_vision_features(engine, rasters):
         del engine._encode_uncached
     assert calls == [1]            # the second request found its features in the cache
     assert first.answer == second.answer
+
+
+def test_repeated_question_reuses_the_answer(engine, rasters):
+    engine.clear_cache()
+    first = engine.ask(rasters["image"], "Is there water?")
+    again = engine.ask(rasters["image"], "Is there water?")
+    other = engine.ask(rasters["image"], "Is there a road?")
+    longer = engine.ask(rasters["image"], "Is there water?", max_new_tokens=3)
+    assert not first.timings["answer_cached"] and again.timings["answer_cached"]
+    assert again.answer == first.answer and again.timings["generate_s"] == 0.0
+    assert not other.timings["answer_cached"] and not longer.timings["answer_cached"]
 
 
 def test_change_scores_batched_match_single(engine, rasters):
