@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-apt_pkgs=(qgis python3-qgis qgis-providers xvfb python3-rasterio python3-pil python3-venv python3-gdal gdal-bin)
+apt_pkgs=(qgis python3-qgis qgis-providers xvfb python3-rasterio python3-pil python3-venv python3-gdal gdal-bin openjdk-17-jre-headless)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
