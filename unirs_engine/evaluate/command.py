@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
     p.add_argument("--clue", action="store_true", help="augment prompts with the clue model's clue")
     p.add_argument("--clue-model", metavar="DIR", help="base VLM that writes the clue (needed by --clue)")
+    p.add_argument("--pairs-as-frames", action="store_true",
+                   help="give image pairs to the model as 2-frame sequences under the change "
+                        "instruction: for a model trained without the Change Extraction module")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="discard predictions already in --out and start over")
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip",
@@ -42,9 +45,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
     engine = Engine.load(args.model, device=args.device, dtype=args.dtype,
                          clue_model_dir=args.clue_model, max_new_tokens=args.max_new_tokens)
+    if args.pairs_as_frames:
+        print("unirs eval: image pairs go in as 2-frame sequences (no Change Extraction module)",
+              file=sys.stderr)
     try:
         evaluate(engine, args.task, args.data, args.out, split=args.split, batch_size=args.batch_size,
-                 limit=args.limit, clue=args.clue, on_error=args.on_error, resume=args.resume)
+                 limit=args.limit, clue=args.clue, on_error=args.on_error, resume=args.resume,
+                 pairs_as_frames=args.pairs_as_frames)
     except (EvalError, DataError) as exc:
         print(f"unirs eval: error: {exc}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ class EvalError(RuntimeError):
 
 def evaluate(engine: Engine, task: str, data_root: str | Path, out_dir: str | Path, split: str = "test",
              batch_size: int = 8, limit: int | None = None, clue: bool = False, on_error: str = "skip",
-             resume: bool = True, progress: bool = True) -> dict:
+             resume: bool = True, progress: bool = True, pairs_as_frames: bool = False) -> dict:
     """Load `task`'s samples from `data_root`, predict the missing ones, score all, write reports."""
     if task not in TASKS:
         raise EvalError(f"unknown evaluation task {task!r}; expected one of {', '.join(TASKS)}")
@@ -55,16 +55,18 @@ def evaluate(engine: Engine, task: str, data_root: str | Path, out_dir: str | Pa
         samples = samples[:limit]
     return evaluate_samples(engine, samples, out_dir, task=task, split=split, batch_size=batch_size,
                             clue=clue, on_error=on_error, resume=resume, progress=progress,
-                            not_loaded=not_loaded)
+                            not_loaded=not_loaded, pairs_as_frames=pairs_as_frames)
 
 
 def evaluate_samples(engine: Engine, samples: Sequence[Sample], out_dir: str | Path, *, task: str,
                      split: str = "test", batch_size: int = 8, clue: bool = False,
                      on_error: str = "skip", resume: bool = True, progress: bool = True,
-                     not_loaded: Sequence[dict] = ()) -> dict:
+                     not_loaded: Sequence[dict] = (), pairs_as_frames: bool = False) -> dict:
     """`evaluate` on samples already loaded; returns the results dict written to report.json.
 
     `not_loaded`: records the dataset reader skipped, listed in the report with the skipped samples.
+    `pairs_as_frames`: image pairs go in as 2-frame sequences under the change instruction, the
+    way a model trained without the CEM saw them (paper IV-E2).
     """
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -73,8 +75,10 @@ def evaluate_samples(engine: Engine, samples: Sequence[Sample], out_dir: str | P
     path = out_dir / PREDICTIONS
     info = engine.info()
     run = {"task": task, "split": split, "model_id": info["model_id"], "clue": clue}
+    if pairs_as_frames:  # only then: prediction files of earlier runs lack the key
+        run["pairs_as_frames"] = True
     keyed = _key_samples(samples, task)
-    _check_engine(info, keyed.values(), clue)
+    _check_engine(info, keyed.values(), clue, pairs_as_frames)
     if not resume:
         path.unlink(missing_ok=True)
     records = read_predictions(path)
@@ -84,7 +88,7 @@ def evaluate_samples(engine: Engine, samples: Sequence[Sample], out_dir: str | P
     todo = sorted(((k, s) for k, s in keyed.items() if k not in records),
                   key=lambda ks: _KIND_ORDER[ks[1].kind])
     t0 = time.perf_counter()
-    skipped = _predict(engine, todo, path, records, run, batch_size, on_error, progress)
+    skipped = _predict(engine, todo, path, records, run, batch_size, on_error, progress, pairs_as_frames)
     seconds = time.perf_counter() - t0
     n_new = len(todo) - len(skipped)
 
@@ -116,13 +120,17 @@ def _key_samples(samples: Iterable[Sample], task: str) -> dict[Key, Sample]:
     return keyed
 
 
-def _check_engine(info: dict, samples: Iterable[Sample], clue: bool) -> None:
+def _check_engine(info: dict, samples: Iterable[Sample], clue: bool, pairs_as_frames: bool) -> None:
     """Faults of the set-up, not of a sample: stop before every sample is skipped for them."""
     if clue and not info["clue_model_id"]:
         raise EvalError("clue prompts were asked for but no clue model is loaded (--clue-model DIR)")
-    if not info["has_change_module"] and any(s.kind is InputKind.PAIR for s in samples):
+    if pairs_as_frames and clue:
+        raise EvalError("--clue with --pairs-as-frames is not supported (the 2-frame prompt is "
+                        "built raw, with no clue)")
+    if not (info["has_change_module"] or pairs_as_frames) and any(s.kind is InputKind.PAIR for s in samples):
         raise EvalError(f"{info['model_id']} has no Change Extraction module (a VILA-1.5 checkpoint?); "
-                        "image pairs need a UniRS checkpoint")
+                        "image pairs need a UniRS checkpoint, or --pairs-as-frames for a model "
+                        "trained without it")
 
 
 def read_predictions(path: Path) -> dict[Key, dict]:
@@ -160,23 +168,31 @@ def _check_same_run(records: dict[Key, dict], path: Path, run: dict) -> None:
                             "use --no-resume to replace them or choose another --out")
 
 
-def to_request(sample: Sample, clue: bool) -> Request:
+def to_request(sample: Sample, clue: bool, pairs_as_frames: bool = False) -> Request:
     """The engine request of a sample; the engine adds the task tag and the template."""
     from ..engine import Request
 
+    if pairs_as_frames and sample.kind is InputKind.PAIR:
+        # Two frames spliced like a video under the change tag and instruction, exactly the
+        # prompt train.data builds for `pair_as_frames` (the engine keeps a raw prompt as it is).
+        message = prompts.user_message(InputKind.PAIR, sample.instruction, len(sample.images))
+        return Request(InputKind.SEQUENCE, list(sample.images), message, raw_instruction=True,
+                       task="change")
     inputs = [sample.video] if sample.kind is InputKind.SEQUENCE and sample.video else list(sample.images)
     return Request(sample.kind, inputs, sample.instruction, clue=clue, raw_instruction=False)
 
 
 def _predict(engine: Engine, todo: list[tuple[Key, Sample]], path: Path, records: dict[Key, dict],
-             run: dict, batch_size: int, on_error: str, progress: bool) -> list[dict]:
+             run: dict, batch_size: int, on_error: str, progress: bool,
+             pairs_as_frames: bool) -> list[dict]:
     """Answer `todo` batch by batch, appending and flushing each batch's records; returns the skipped."""
     skipped: list[dict] = []
     with path.open("a", encoding="utf-8") as f, \
             tqdm(total=len(todo), unit="sample", desc=f"eval {run['task']}", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            for (key, sample), result in _answer(engine, batch, run["clue"], on_error, skipped):
+            for (key, sample), result in _answer(engine, batch, run["clue"], on_error, skipped,
+                                                 pairs_as_frames):
                 records[key] = _record(key, sample, result, run)
                 f.write(json.dumps(records[key], ensure_ascii=False, default=str) + "\n")
             f.flush()
@@ -185,11 +201,11 @@ def _predict(engine: Engine, todo: list[tuple[Key, Sample]], path: Path, records
 
 
 def _answer(engine: Engine, batch: list[tuple[Key, Sample]], clue: bool, on_error: str,
-            skipped: list[dict]) -> list[tuple[tuple[Key, Sample], Result]]:
+            skipped: list[dict], pairs_as_frames: bool) -> list[tuple[tuple[Key, Sample], Result]]:
     """((key, sample), Result) pairs; if the batch fails, its samples go one by one to find the bad one."""
     from ..engine import EngineError
 
-    requests = [to_request(s, clue) for _, s in batch]
+    requests = [to_request(s, clue, pairs_as_frames) for _, s in batch]
     try:
         return list(zip(batch, engine.run_batch(requests, batch_size=len(requests))))
     except EngineError:

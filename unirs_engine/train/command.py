@@ -1,4 +1,5 @@
-"""`unirs train {align,cem,instruct} --config FILE [--set key=value ...] [--resume DIR]`.
+"""`unirs train {align,cem,instruct} --config FILE [--set key=value ...] [--resume DIR]` and
+`unirs clues` (the base VLM's clue for every training sample, for `clues` in a data spec).
 
 The same command runs on one CPU, one GPU or many:
 `accelerate launch [--config_file configs/accelerate-multigpu.yaml] -m unirs_engine.cli train ...`.
@@ -7,9 +8,12 @@ The same command runs on one CPU, one GPU or many:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from .config import STAGES, ConfigError, load_config
+
+CLUE_TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat")
 
 
 def register(subparsers) -> None:
@@ -23,6 +27,27 @@ def register(subparsers) -> None:
                    help="override a setting (JSON value; dotted keys: data.1.repeat=5); repeatable")
     p.add_argument("--resume", metavar="DIR", help="continue from a state-<step> folder of the run")
     p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser(
+        "clues", help="write the base VLM's clue for every sample of a dataset (JSON lines)",
+        description="The clue the engine writes at inference (paper Table II prompts), for every "
+                    "sample, appended to OUT as {\"id\", \"clue\"} lines (a rerun resumes); give OUT "
+                    "as a data spec's `clues` to train with clues.")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="the base VLM (VILA-1.5; the demo: runs/demo/align/checkpoint)")
+    p.add_argument("--task", required=True, choices=CLUE_TASKS)
+    p.add_argument("--data", required=True, metavar="DIR", help="dataset root")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, metavar="FILE", help="clue file (JSON lines)")
+    p.add_argument("--option", dest="options", metavar="KEY=VALUE", action="append", default=[],
+                   help="dataset reader option as in a data spec's options (JSON value), e.g. "
+                        "protocol=full; repeatable")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64,
+                   help="as `unirs eval`, so that training and evaluation clues match")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
+    p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bf16 on CUDA, fp32 on CPU)")
+    p.set_defaults(func=run_clues)
 
 
 def run_train(args) -> int:
@@ -47,4 +72,36 @@ def run_train(args) -> int:
         print(f"unirs train: error: {exc}", file=sys.stderr)
         return 2
     print(f"checkpoint: {final}")
+    return 0
+
+
+def run_clues(args) -> int:
+    options = {}
+    for item in args.options:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            print(f"unirs clues: error: --option {item!r}: expected KEY=VALUE", file=sys.stderr)
+            return 2
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    from ..data import DataError, load_samples
+    from ..engine import Engine
+    from ..model.checkpoint import load_checkpoint
+    from .clues import ClueError, write_clues
+
+    try:
+        samples = load_samples(args.task, args.data, split=args.split, on_error="skip", **options)
+    except (DataError, TypeError) as exc:  # TypeError: an option the reader does not take
+        print(f"unirs clues: error: {args.task} data at {args.data}: {exc}", file=sys.stderr)
+        return 2
+    base = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
+    engine = Engine(base, clue_model=base, max_new_tokens=args.max_new_tokens)
+    try:
+        written = write_clues(engine, samples, args.out, batch_size=args.batch_size)
+    except ClueError as exc:
+        print(f"unirs clues: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {written} clues written, {len(samples) - written} already there")
     return 0

@@ -19,6 +19,9 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the file and the key."""
 
 
+PAIR_TASKS = ("levir-cc",)  # datasets of dated image pairs
+
+
 @dataclass
 class DatasetSpec:
     """One dataset of a training mixture, read with data.load_samples(task, root, split, **options)."""
@@ -30,6 +33,7 @@ class DatasetSpec:
     clues: str | None = None     # JSONL {"id": sample_id, "clue": text}; clue added to each prompt
     all_references: bool = False  # one training item per reference (LEVIR-CC: 5 captions), else the first
     options: dict[str, Any] = field(default_factory=dict)  # extra load_samples keywords
+    pair_as_frames: bool = False  # pairs as 2-frame sequences, no CEM (paper's "without CEM" ablation)
 
 
 @dataclass
@@ -78,6 +82,7 @@ class InstructConfig(StageConfig):
     warmup_ratio: float = 0.03
     gradient_checkpointing: bool = False
     image_aspect_ratio: str | None = None  # "pad" (UniRS) / "resize" (VILA-1.5); None keeps the model's
+    drop_change_module: bool = False  # start without the checkpoint's CEM ("without CEM" ablation)
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -92,6 +97,10 @@ class InstructConfig(StageConfig):
             problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if self.image_aspect_ratio not in (None, "pad", "resize"):
             problems.append(f"image_aspect_ratio: must be 'pad' or 'resize', got {self.image_aspect_ratio!r}")
+        if self.drop_change_module:  # without the CEM, image pairs can only go in as frames
+            problems += [f"data.{i}.pair_as_frames: must be true with drop_change_module (pairs need "
+                         f"the Change Extraction module)" for i, spec in enumerate(self.data)
+                         if spec.task in PAIR_TASKS and not spec.pair_as_frames]
         return problems
 
 

@@ -99,7 +99,8 @@ class InstructionDataset(SkippingDataset):
     def __init__(self, samples: Sequence[Sample], tokenizer, preprocessor: ImagePreprocessor, *,
                  tokens_per_slot: int, max_length: int, num_frames: int,
                  clues: dict[str, str] | None = None, task_tag: bool = True,
-                 all_references: bool = False, skip_log: Path | None = None) -> None:
+                 all_references: bool = False, pair_as_frames: bool = False,
+                 skip_log: Path | None = None) -> None:
         super().__init__(skip_log)
         if not samples:
             raise SampleError("no training samples")
@@ -109,7 +110,7 @@ class InstructionDataset(SkippingDataset):
                       for j in range(max(1, len(s.references) if all_references else 1))]
         self.tokenizer, self.preprocessor = tokenizer, preprocessor
         self.tokens_per_slot, self.max_length, self.num_frames = tokens_per_slot, max_length, num_frames
-        self.clues, self.task_tag = clues, task_tag
+        self.clues, self.task_tag, self.pair_as_frames = clues, task_tag, pair_as_frames
         if clues is not None:
             missing = [s.sample_id for s in self.samples if s.sample_id not in clues]
             if missing:
@@ -125,17 +126,21 @@ class InstructionDataset(SkippingDataset):
         where = f"sample {sample.sample_id!r} ({sample_source(sample)})"
         if j >= len(sample.references) or not sample.references[j].strip():
             raise SampleError(f"{where}: no answer to train on")
+        # Without the CEM (paper IV-E2) a pair is spliced like a 2-frame video; its dates are read
+        # one by one, as the engine reads a sequence request, and keep the change tag and instruction.
+        as_frames = self.pair_as_frames and sample.kind is InputKind.PAIR
         try:
-            chips = read_chips(sample, self.num_frames)
+            chips = read_frame_stack(sample.images) if as_frames else read_chips(sample, self.num_frames)
         except (ValueError, OSError) as exc:
             raise SampleError(f"{where}: {exc}") from exc
-        n_slots = len(chips) if sample.kind is InputKind.SEQUENCE else 1
+        kind = InputKind.SEQUENCE if as_frames else sample.kind    # how the slots are built
+        n_slots = len(chips) if kind is InputKind.SEQUENCE else 1
         clue = self.clues[sample.sample_id] if self.clues is not None else None
         message = prompts.user_message(sample.kind, sample.instruction, n_slots, clue,
                                        task_tag=self.task_tag)
         ids, labels = prompts.encode(self.tokenizer, message, sample.references[j])
         ids, labels = self._truncate(ids, labels, where)
-        return {"kind": sample.kind, "sample_id": sample.sample_id,
+        return {"kind": kind, "sample_id": sample.sample_id,
                 "pixel_values": self.preprocessor(chips),                     # (N, 3, S, S)
                 "input_ids": ids, "labels": labels}
 
@@ -160,7 +165,8 @@ def instruction_dataset(spec, tokenizer, preprocessor: ImagePreprocessor,
     clues = load_clues(spec.clues) if spec.clues else None
     try:
         return InstructionDataset(samples, tokenizer, preprocessor, clues=clues,
-                                  all_references=spec.all_references, **kwargs)
+                                  all_references=spec.all_references,
+                                  pair_as_frames=spec.pair_as_frames, **kwargs)
     except SampleError as exc:
         raise SampleError(f"{spec.task} data at {spec.root} ({spec.split}): {exc}") from exc
 

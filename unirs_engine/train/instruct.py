@@ -85,7 +85,10 @@ def train_instruct(config: InstructConfig, resume: str | Path | None = None) -> 
     loaded = load_checkpoint(config.model, device="cpu", dtype=torch.float32)
     model = loaded.model
     model.config.pop("_name_or_path", None)  # a new model, named after the folder it is saved in
-    if not model.mm_projector.has_change:
+    if config.drop_change_module:  # the "without CEM" ablation: saved without layers.change.*
+        if model.mm_projector.has_change:
+            del model.mm_projector.layers["change"]
+    elif not model.mm_projector.has_change:
         raise ConfigError(f"{config.model}: the checkpoint has no Change Extraction module "
                           f"(run `unirs train cem` on it first)")
     if config.image_aspect_ratio:  # saved with the checkpoint, so inference pads the same way
