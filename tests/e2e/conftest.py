@@ -18,13 +18,6 @@ VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    from unirs_engine.testing.tiny import build_tiny_checkpoint
-
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "unirs-tiny")
-
-
-@pytest.fixture(scope="session")
 def qgis_profile(tmp_path_factory, tiny_checkpoint) -> dict[str, str]:
     """Environment for qgis_process.bin runs against a fresh profile with the zipped plugin enabled.
     Nothing from this venv leaks in (no PYTHONPATH): QGIS uses the deployed copy only."""

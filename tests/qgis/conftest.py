@@ -16,14 +16,6 @@ VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny random UniRS checkpoint in the real VILA-1.5 layout (gibberish answers, real routing)."""
-    from unirs_engine.testing.tiny import build_tiny_checkpoint
-
-    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "unirs-tiny")
-
-
-@pytest.fixture(scope="session")
 def engine_env(tiny_checkpoint):
     """Point the plugin's engine at the tiny checkpoint, run by the repo venv's python in a worker
     subprocess; the shared worker is stopped at the end of the session."""
@@ -57,3 +49,4 @@ def unirs_provider(processing_ready, engine_env):
     assert registry.addProvider(provider)
     yield provider
     registry.removeProvider(provider)  # deletes it
+
