@@ -9,6 +9,7 @@ from unirs_qgis import ICON_PATH
 from unirs_qgis.algorithms.ask import AskAlgorithm
 from unirs_qgis.algorithms.classify_sequence import ClassifySequenceAlgorithm
 from unirs_qgis.algorithms.describe_change import DescribeChangeAlgorithm
+from unirs_qgis.algorithms.review_changes import ReviewChangesAlgorithm
 
 
 class UniRSProvider(QgsProcessingProvider):
@@ -28,5 +29,6 @@ class UniRSProvider(QgsProcessingProvider):
         return "gpkg"  # answers go to a GeoPackage unless the user picks something else
 
     def loadAlgorithms(self) -> None:  # noqa: N802
-        for algorithm in (AskAlgorithm(), DescribeChangeAlgorithm(), ClassifySequenceAlgorithm()):
+        for algorithm in (AskAlgorithm(), DescribeChangeAlgorithm(), ClassifySequenceAlgorithm(),
+                          ReviewChangesAlgorithm()):
             self.addAlgorithm(algorithm)

@@ -1,4 +1,4 @@
-"""The zipped plugin in a fresh profile, run by qgis_process.bin: two algorithms and a Graphical
+"""The zipped plugin in a fresh profile, run by qgis_process.bin: three algorithms and a Graphical
 Modeler model chaining unirs:ask with native:buffer. Kept few: each run starts QGIS and a worker."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from qgis.core import (QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
-                       QgsProcessingModelChildParameterSource, QgsProcessingModelOutput,
+from qgis.core import (QgsApplication, QgsGraduatedSymbolRenderer, QgsProcessingModelAlgorithm,
+                       QgsProcessingModelChildAlgorithm, QgsProcessingModelChildParameterSource,
+                       QgsProcessingModelOutput,
                        QgsProcessingModelParameter, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterString, QgsVectorLayer)
 from qgis.PyQt.QtCore import QDate
@@ -117,3 +118,18 @@ def test_graphical_modeler_model_chains_ask_and_buffer(qgis_profile, ask_and_buf
     # the 640 m footprint grown by 50 m on every side
     assert (left, bottom, right, top) == pytest.approx(
         (SCENE_BOUNDS[0] - 50, SCENE_BOUNDS[1] - 50, SCENE_BOUNDS[2] + 50, SCENE_BOUNDS[3] + 50), abs=0.5)
+
+
+def test_review_changes_from_the_command_line(qgis_profile, tmp_path):
+    from unirs_engine.data.synthetic.mosaic import write_mosaic_pair
+
+    before, after = write_mosaic_pair(tmp_path / "mosaics", size=256, tile=64, seed=4, after_crs="EPSG:3857",
+                                      after_res_factor=2, nodata_hole=True)
+    out = tmp_path / "review.gpkg"
+    result = run_ok(["unirs:review_changes", f"BEFORE={before}", f"AFTER={after}", "TILE_SIZE=64",
+                     f"OUTPUT={out}"], qgis_profile)["results"]
+    assert result["OUTPUT"] == f"{out}|layername=changes" and result["TOTAL_TILES"] == 16
+    layer = QgsVectorLayer(result["OUTPUT"], "review", "ogr")
+    assert layer.isValid() and layer.featureCount() == 16 - result["SKIPPED"]
+    assert isinstance(layer.renderer(), QgsGraduatedSymbolRenderer) and layer.labelsEnabled()  # saved style
+    assert result["CHANGED"] == sum(1 for f in layer.getFeatures() if f["changed"])

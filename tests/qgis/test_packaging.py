@@ -44,7 +44,7 @@ def test_validator_rejects_what_the_repository_rejects(plugin_zip, tmp_path):
 
     def variant(name: str, drop=(), add=None, rename_top=None, meta_edit=None) -> list[str]:
         path = tmp_path / f"{name}.zip"
-        with zipfile.ZipFile(path, "w") as zf:
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
             for member, data in members.items():
                 if member in drop:
                     continue
@@ -93,4 +93,4 @@ def test_unzipped_plugin_loads_in_a_fresh_qgis_python(plugin_zip, tmp_path):
     out = subprocess.run(["/usr/bin/python3", "-c", script, str(tmp_path / "plugins")], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "['unirs:ask', 'unirs:classify_sequence', 'unirs:describe_change']" in out.stdout
+    assert "['unirs:ask', 'unirs:classify_sequence', 'unirs:describe_change', 'unirs:review_changes']" in out.stdout

@@ -21,6 +21,9 @@ ALGORITHMS = {
                               ["BEFORE", "AFTER", "EXTENT", "DATE_BEFORE", "DATE_AFTER", "INSTRUCTION",
                                "OUTPUT"]),
     "unirs:classify_sequence": ("Classify a dated stack or a video", ["LAYERS", "VIDEO", "CLASSES", "OUTPUT"]),
+    "unirs:review_changes": ("Review changes between dated mosaics",
+                             ["BEFORE", "AFTER", "DATE_BEFORE", "DATE_AFTER", "TILE_SIZE", "TILE_UNITS", "OVERLAP",
+                              "CRS", "RESOLUTION", "THRESHOLD", "CAPTION_ALL", "MAX_TILES", "OUTPUT"]),
 }
 
 
@@ -31,7 +34,7 @@ def default_settings():
     PluginSettings().save()
 
 
-def test_provider_lists_the_three_algorithms(unirs_provider):
+def test_provider_lists_the_four_algorithms(unirs_provider):
     registry = QgsApplication.processingRegistry()
     assert registry.providerById("unirs") is unirs_provider
     assert unirs_provider.defaultVectorFileExtension(True) == "gpkg"

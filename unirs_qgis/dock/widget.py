@@ -16,6 +16,7 @@ from ..annotations import answers_of
 from ..dates import layer_date, order_by_date
 from ..settings import PluginSettings
 from .history import AnswerHistoryModel
+from .review_panel import ReviewPanel
 from .settings_dialog import SettingsDialog
 from .task import DEFAULT_CHANGE_QUESTION, DEFAULT_CLASSIFY_QUESTION, EngineTask, Job
 
@@ -98,6 +99,8 @@ class UniRSDockWidget(QgsDockWidget):
         stack_layout.addWidget(self.stack_list)
         stack_layout.addWidget(self.classify_button)
         self.tabs.addTab(stack_page, "Sequence")
+        self.review_panel = ReviewPanel(self.iface)
+        self.tabs.addTab(self.review_panel, "Review")
         layout.addWidget(self.tabs)
 
         options = QHBoxLayout()
@@ -311,7 +314,9 @@ class UniRSDockWidget(QgsDockWidget):
         if page == 1:
             return self.after_combo.currentLayer()
         item = self.stack_list.currentItem()
-        return QgsProject.instance().mapLayer(item.data(Qt.UserRole)) if item else None
+        if page != 2 or item is None:  # the Review tab has no answer history
+            return None
+        return QgsProject.instance().mapLayer(item.data(Qt.UserRole))
 
     def refresh_history(self, *_) -> None:
         layer = self.history_layer()
