@@ -218,6 +218,13 @@ class Engine:
         self._clues.clear()
         self._answers.clear()
 
+    @property
+    def change_threshold(self) -> float:
+        """The change-score threshold calibrated for this model (its config.json), else the default."""
+        from .review.calibrate import stored_threshold
+
+        return stored_threshold(self.model.model.config)
+
     def change_scores(self, pairs: Sequence[tuple[Chip, Chip]]) -> list[float]:
         """Cheap change scores of aligned pairs from the Change Extraction module (no text), in one
         batched vision pass; the features stay cached for a following describe request."""

@@ -1,4 +1,5 @@
-"""`unirs review BEFORE AFTER --out OUT.gpkg`: tiled change review with tqdm progress and a summary."""
+"""`unirs review BEFORE AFTER --out OUT.gpkg`: tiled change review with tqdm progress and a summary;
+`unirs calibrate-threshold --model DIR --data LEVIRCC_ROOT`: the model's change-score threshold."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--crs", help="common grid CRS, e.g. EPSG:32633 (default: BEFORE's)")
     p.add_argument("--resolution", type=float, help="common grid pixel size in CRS units (default: BEFORE's)")
     p.add_argument("--bands", type=int, nargs="+", help="1-based bands for R G B (or one for grey)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"change score at or above which a tile is captioned (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--threshold", type=float,
+                   help="change score at or above which a tile is captioned (default: the threshold "
+                        f"calibrated for the model, else {DEFAULT_THRESHOLD})")
     p.add_argument("--caption-all", action="store_true", help="caption every valid tile")
     p.add_argument("--min-valid", type=float, default=0.5,
                    help="valid-pixel fraction in both dates below which a tile is skipped (default 0.5)")
@@ -43,6 +45,17 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=run_command)
+
+    p = subparsers.add_parser(
+        "calibrate-threshold", help="calibrate a model's change-score threshold on labelled pairs",
+        description="Scores the pairs of a LEVIR-CC-format split (changeflag 0/1) and stores the threshold "
+                    "with the best balanced accuracy in the model's config.json; reviews without "
+                    "--threshold use it.")
+    p.add_argument("--model", required=True, metavar="DIR", help="UniRS checkpoint to calibrate (written)")
+    p.add_argument("--data", required=True, metavar="ROOT", help="LEVIR-CC-format root")
+    p.add_argument("--split", default="val", help="split to calibrate on (default val)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
+    p.set_defaults(func=calibrate_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -83,3 +96,25 @@ def run_command(args: argparse.Namespace) -> int:
               f"({s.done:,} this run, {s.tiles_per_s:.2f} tiles/s); skipped {s.skipped_nodata:,} nodata, "
               f"{s.skipped_outside:,} outside; {s.changed:,} changed, {s.captioned:,} captioned -> {s.out}")
     return EXIT_CANCELLED if summary.cancelled else 0
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    from ..data.errors import DataError
+    from ..data.levircc import read_levircc
+    from ..engine import Engine
+    from .calibrate import calibrate, store
+
+    try:
+        samples = read_levircc(args.data, args.split)
+        if not samples:
+            raise ReviewError(f"{args.data}: no pairs in split {args.split!r}")
+        engine = Engine.load(args.model, device=args.device)
+        result = calibrate(engine, [(str(s.images[0]), str(s.images[1])) for s in samples],
+                           [bool(s.meta["changeflag"]) for s in samples])
+    except (ReviewError, DataError, OSError) as exc:   # a missing/unreadable pair names its file
+        print(f"unirs calibrate-threshold: error: {exc}", file=sys.stderr)
+        return 2
+    path = store(args.model, result, f"{args.data} ({args.split})")
+    print(f"threshold {result.threshold:.6g}: balanced accuracy {100 * result.balanced_accuracy:.1f} % on "
+          f"{result.changed} changed and {result.unchanged} unchanged pairs -> {path}")
+    return 0

@@ -9,7 +9,7 @@ from datetime import date
 from typing import Any
 
 # Score (1 - mean cosine similarity of the CEM's before/after features) at or above which a tile is
-# captioned. Tunable per model: the lead calibrates it on the demo model.
+# captioned, for a checkpoint that carries no calibrated threshold (review/calibrate.py).
 DEFAULT_THRESHOLD = 0.1
 TILE_UNITS = ("pixels", "map")
 # Keys that change how fast a review runs, not what it writes: a resume may change them.
@@ -38,7 +38,8 @@ class ReviewJob:
     crs: str | None = None           # common grid CRS (any rasterio user input); default before's
     resolution: float | None = None  # common grid pixel size in crs units; default before's
     bands: tuple[int, ...] | None = None   # 1-based, 1 or 3 bands; default RGB rule of inputs/raster.py
-    threshold: float = DEFAULT_THRESHOLD   # tiles with score >= threshold get a caption
+    threshold: float | None = None   # tiles with score >= threshold get a caption; None: the model's
+                                     #   calibrated threshold (review/calibrate.py), else DEFAULT_THRESHOLD
     caption_all: bool = False        # caption every valid tile
     min_valid: float = 0.5           # fraction of valid pixels in BOTH dates below which a tile is skipped
     max_tiles: int = 100_000         # plan refused above this, message names the count
@@ -58,6 +59,8 @@ class ReviewJob:
              f"overlap must be >= 0 and < tile_size ({self.tile_size}), got {self.overlap}"),
             (self.resolution is not None and not self.resolution > 0,
              f"resolution must be > 0, got {self.resolution}"),
+            (self.threshold is not None and not self.threshold >= 0,
+             f"threshold must be >= 0, got {self.threshold}"),
             (not 0 <= self.min_valid <= 1, f"min_valid must be in [0, 1], got {self.min_valid}"),
             (self.max_tiles < 1, f"max_tiles must be >= 1, got {self.max_tiles}"),
             (self.batch_size < 1, f"batch_size must be >= 1, got {self.batch_size}"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
@@ -22,6 +23,8 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
     from ..engine import Cancelled, EngineError  # here, not at the top: the package stays torch-free
 
     t0 = time.perf_counter()
+    if job.threshold is None:  # the model's calibrated threshold; stored resolved, so a resume matches
+        job = dataclasses.replace(job, threshold=engine.change_threshold)
     plan = plan_review(job)
     # A pair's two feature sets must still be cached when its caption is generated after scoring.
     engine.reserve_cache(2 * job.batch_size)
