@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo model recipe: synthetic benchmark -> align (stage 0) -> cem -> instruct -> eval,
+# The demo model recipe: synthetic benchmark -> align (stage 0) -> cem -> instruct -> threshold -> eval,
 # then models/demo. Every stage resumes from its newest state-<step> when rerun after a kill.
 #
 #   scripts/train_demo.sh          full size (CPU, see docs/training.md for times); writes models/demo
@@ -63,6 +63,9 @@ stage instruct configs/demo-instruct.json "$RUN/instruct" \
   --set "model=$RUN/cem/checkpoint" --set "data.0.root=$DATA/rsvqa" \
   --set "data.1.root=$DATA/levircc" --set "data.2.root=$DATA/era"
 
+echo "== change-score threshold (stored in the checkpoint; reviews use it by default)"
+unirs calibrate-threshold --model "$RUN/instruct/checkpoint" --data "$DATA/levircc" --split val
+
 echo "== eval"
 unirs eval --model "$RUN/instruct/checkpoint" --task synthetic --data "$DATA" --out "$RUN/eval" \
   --split test
@@ -72,6 +75,8 @@ if [[ "$SIZE" == full ]]; then
   rm -rf models/.demo.tmp
   mkdir -p models
   cp -r "$RUN/instruct/checkpoint" models/.demo.tmp
+  mkdir -p models/.demo.tmp/eval
+  cp "$RUN/eval/report.md" "$RUN/eval/report.json" models/.demo.tmp/eval/
   rm -rf models/demo
   mv models/.demo.tmp models/demo
 fi
