@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
 
     truth = json.load(open(args.truth, encoding="utf-8"))
     changed_truth = {(t["row"], t["col"]): t for t in truth["changed"]}
-    layer = ogr.Open(args.gpkg).GetLayerByName("changes")
+    dataset = ogr.Open(args.gpkg)   # keep a reference: its layers die with it (a crash, not an error)
+    layer = dataset.GetLayerByName("changes")
     tiles = []
     for feat in layer:
         centre = feat.GetGeometryRef().Centroid()   # in the review grid CRS = the before CRS here
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(tiles)} tiles reviewed, {sum(t['changed'] for t in tiles)} changed. Best first:")
     for t in [t for t in tiles if t["changed"]][: args.top]:
         real = changed_truth.get(t["truth"])
-        print(f"  tile {t['truth']}  score {t['score']:.3f}  {t['caption']!r}")
+        print(f"  tile {t['truth']}  score {t['score']:.3g}  {t['caption']!r}")
         print(f"      ground truth: {real['captions'][0]!r}" if real else "      ground truth: unchanged")
 
     hits = sum(t["changed"] and t["truth"] in changed_truth for t in tiles)
