@@ -122,6 +122,26 @@ def _chip_key(chip: Chip) -> str:
     return hashlib.sha1(img.tobytes() + str(img.shape).encode()).hexdigest()
 
 
+READ_CACHE_SIZE = 8
+
+
+def _read_key(req: Request) -> tuple | None:
+    """Identifies a read: the files (path, size, mtime) and the region; None unless every input is a
+    local file (a Chip, a URL or a /vsi path is not cached)."""
+    stamps = []
+    for src in req.inputs:
+        if isinstance(src, Chip):
+            return None
+        try:
+            st = os.stat(src)
+        except (OSError, TypeError, ValueError):
+            return None
+        stamps.append((os.path.abspath(src), st.st_size, st.st_mtime_ns))
+    bounds = tuple(req.bounds) if req.bounds is not None else None
+    bands = tuple(req.bands) if req.bands is not None else None
+    return (req.kind.value, tuple(stamps), bounds, str(req.bounds_crs), bands)
+
+
 class Engine:
     """A loaded UniRS checkpoint (plus an optional base VLM for clues) answering requests."""
 
@@ -136,6 +156,9 @@ class Engine:
         self._clues = _LRU(cache_size * 4)  # (kind, chip hashes) -> clue text
         # Greedy decoding is deterministic: (kind, chip hashes, message, max tokens) -> answer text.
         self._answers = _LRU(cache_size * 4)
+        # Window reads of unchanged files: (kind, file stamps, region) -> chips. Few: a chip is up to
+        # 2 x 1024^2 x bands bytes.
+        self._reads = _LRU(READ_CACHE_SIZE)
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, *, device: str | None = None,
@@ -217,6 +240,7 @@ class Engine:
         self._features.clear()
         self._clues.clear()
         self._answers.clear()
+        self._reads.clear()
 
     @property
     def change_threshold(self) -> float:
@@ -239,6 +263,16 @@ class Engine:
     # ---- steps --------------------------------------------------------------------------------
 
     def _read(self, req: Request) -> list[Chip]:
+        """The request's chips; an image or pair read again from unchanged files comes from memory."""
+        key = _read_key(req) if req.kind in (InputKind.IMAGE, InputKind.PAIR) else None
+        chips = self._reads.get(key) if key else None
+        if chips is None:
+            chips = self._read_files(req)
+            if key:
+                self._reads.put(key, chips)
+        return chips
+
+    def _read_files(self, req: Request) -> list[Chip]:
         kw = dict(bounds=req.bounds, bounds_crs=req.bounds_crs, bands=req.bands)
         try:
             if req.kind is InputKind.IMAGE:

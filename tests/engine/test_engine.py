@@ -2,6 +2,8 @@
 
 A random model answers gibberish, so these tests check structure and determinism, never meaning."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -147,3 +149,16 @@ def test_unreadable_input_names_the_file(engine, tmp_path):
         engine.ask(missing, "What is here?")
     with pytest.raises(EngineError, match="needs 2 input"):
         engine.run_batch([Request(InputKind.PAIR, [missing], "x")])
+
+
+def test_a_repeated_read_comes_from_memory_until_the_file_changes(engine, tmp_path):
+    path = write_raster(tmp_path / "site.tif", pattern(48, 48, seed=1))
+    ask = Request(InputKind.IMAGE, [str(path)], "What is in the image?")
+    chips = engine._read(ask)
+    assert engine._read(ask) is chips                    # same file, same region: no second read
+
+    write_raster(path, pattern(48, 48, seed=2))          # rewritten in place: size or mtime differ
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    fresh = engine._read(ask)
+    assert fresh is not chips and not np.array_equal(fresh[0].image, chips[0].image)
