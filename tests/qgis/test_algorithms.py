@@ -15,26 +15,12 @@ from qgis.core import (QgsProcessingException, QgsProcessingFeedback, QgsRasterL
                        QgsWkbTypes)
 from qgis.PyQt.QtCore import QDate
 
+from tests.qgis.recording import RecordingFeedback
 from unirs_engine.testing.rasters import ORIGIN, pattern, write_pair, write_raster, write_video
 from unirs_qgis.answers import ASK_FIELDS, CHANGE_FIELDS, CLASSIFY_FIELDS
 from unirs_qgis.engine_link import get_client
 
 SCENE_BOUNDS = (ORIGIN[0], ORIGIN[1] - 640, ORIGIN[0] + 640, ORIGIN[1])  # 64 px x 10 m, UTM 33N
-
-
-class RecordingFeedback(QgsProcessingFeedback):
-    """Keeps what the algorithm reported."""
-
-    def __init__(self):
-        super().__init__()
-        self.infos: list[str] = []
-        self.warnings: list[str] = []
-
-    def pushInfo(self, info):  # noqa: N802
-        self.infos.append(info)
-
-    def pushWarning(self, warning):  # noqa: N802
-        self.warnings.append(warning)
 
 
 @pytest.fixture()

@@ -8,28 +8,16 @@ from pathlib import Path
 
 import pytest
 from osgeo import gdal, ogr
-from qgis.core import (QgsGraduatedSymbolRenderer, QgsProcessingException, QgsProcessingFeedback,
-                       QgsProject, QgsRasterLayer, QgsVectorLayer)
+from qgis.core import (QgsGraduatedSymbolRenderer, QgsProcessingException, QgsProject,
+                       QgsRasterLayer, QgsVectorLayer)
 from qgis.PyQt.QtCore import QDate
 
+from tests.qgis.recording import RecordingFeedback
 from unirs_engine.data.synthetic.mosaic import write_mosaic_pair
 from unirs_qgis.algorithms.review_changes import DEFAULT_THRESHOLD
 from unirs_qgis.dock.review_panel import changed_tiles, open_review, set_verdict
 
 TILE = 64
-
-
-class RecordingFeedback(QgsProcessingFeedback):
-    def __init__(self):
-        super().__init__()
-        self.infos: list[str] = []
-        self.warnings: list[str] = []
-
-    def pushInfo(self, info):  # noqa: N802
-        self.infos.append(info)
-
-    def pushWarning(self, warning):  # noqa: N802
-        self.warnings.append(warning)
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,13 @@ import os
 from typing import Any
 
 from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink, QgsProcessingAlgorithm,
-                       QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer, QgsRectangle)
-from qgis.PyQt.QtCore import QCoreApplication
+                       QgsProcessingException, QgsProcessingFeedback, QgsProcessingParameterDateTime,
+                       QgsRasterLayer, QgsRectangle)
+from qgis.PyQt.QtCore import QCoreApplication, QDate
 from qgis.PyQt.QtGui import QIcon
 
 from unirs_qgis import ICON_PATH
+from unirs_qgis.dates import layer_date
 from unirs_qgis.engine_link import get_client
 from unirs_qgis.layer_source import LayerReadError, raster_path_for_engine
 
@@ -73,6 +75,29 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
         if layer is None or not layer.isValid():
             raise QgsProcessingException(self.invalidRasterError(parameters, name))
         return layer
+
+    def add_date_parameters(self) -> None:
+        """DATE_BEFORE / DATE_AFTER: optional, defaulting to the layers' own dates."""
+        for name, label in (("DATE_BEFORE", "Date of BEFORE"), ("DATE_AFTER", "Date of AFTER")):
+            self.addParameter(QgsProcessingParameterDateTime(
+                name, self.tr(f"{label} (default: from the layer)"), QgsProcessingParameterDateTime.Date,
+                optional=True))
+
+    def dated_pair(self, parameters: dict, context, before: QgsRasterLayer, after: QgsRasterLayer,
+                   feedback: QgsProcessingFeedback
+                   ) -> tuple[QgsRasterLayer, QgsRasterLayer, QDate | None, QDate | None]:
+        """(before, after, date_before, date_after), dates given or read from the layers; swapped with a
+        warning when AFTER is the older one."""
+        dates = []
+        for name, layer in (("DATE_BEFORE", before), ("DATE_AFTER", after)):
+            given = self.parameterAsDateTime(parameters, name, context)  # (no parameterAsDate on 3.22)
+            dates.append(given.date() if given.isValid() else layer_date(layer))
+        date_before, date_after = dates
+        if date_before and date_after and date_after < date_before:
+            feedback.pushWarning(f"'{after.name()}' ({date_after.toString('yyyy-MM-dd')}) is older than "
+                                 f"'{before.name()}' ({date_before.toString('yyyy-MM-dd')}): swapped them")
+            return after, before, date_after, date_before
+        return before, after, date_before, date_after
 
     def extent(self, parameters: dict, context, fallback_crs: QgsCoordinateReferenceSystem
                ) -> tuple[QgsRectangle | None, QgsCoordinateReferenceSystem]:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from qgis.core import (QgsProcessing, QgsProcessingParameterDateTime, QgsProcessingParameterExtent,
-                       QgsProcessingParameterFeatureSink, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterString, QgsWkbTypes)
-from qgis.PyQt.QtCore import QDate
+from qgis.core import (QgsProcessing, QgsProcessingParameterExtent, QgsProcessingParameterFeatureSink,
+                       QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsWkbTypes)
 
 from unirs_qgis.algorithms.base import UniRSAlgorithm, bounds_of, crs_for_engine
 from unirs_qgis.answers import CHANGE_FIELDS, feature_from_result, footprint_crs
-from unirs_qgis.dates import layer_date
 
 
 class DescribeChangeAlgorithm(UniRSAlgorithm):
@@ -31,29 +28,17 @@ class DescribeChangeAlgorithm(UniRSAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer("AFTER", self.tr("After")))
         self.addParameter(QgsProcessingParameterExtent("EXTENT", self.tr("Extent (default: the overlap)"),
                                                        optional=True))
-        for name, label in (("DATE_BEFORE", "Date of BEFORE"), ("DATE_AFTER", "Date of AFTER")):
-            self.addParameter(QgsProcessingParameterDateTime(
-                name, self.tr(f"{label} (default: from the layer)"), QgsProcessingParameterDateTime.Date,
-                optional=True))
+        self.add_date_parameters()
         self.addParameter(QgsProcessingParameterString(
             "INSTRUCTION", self.tr("Instruction (default: the model's change-caption instruction)"),
             optional=True))
         self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", self.tr("Change descriptions"),
                                                             QgsProcessing.TypeVectorPolygon))
 
-    def _date(self, parameters, name: str, context, layer) -> QDate | None:
-        given = self.parameterAsDateTime(parameters, name, context)  # (no parameterAsDate on 3.22)
-        return given.date() if given.isValid() else layer_date(layer)
-
     def process(self, parameters, context, feedback) -> dict:
-        before = self.raster_layer(parameters, "BEFORE", context)
-        after = self.raster_layer(parameters, "AFTER", context)
-        date_before = self._date(parameters, "DATE_BEFORE", context, before)
-        date_after = self._date(parameters, "DATE_AFTER", context, after)
-        if date_before and date_after and date_after < date_before:
-            feedback.pushWarning(f"'{after.name()}' ({date_after.toString('yyyy-MM-dd')}) is older than "
-                                 f"'{before.name()}' ({date_before.toString('yyyy-MM-dd')}): swapped them")
-            before, after, date_before, date_after = after, before, date_after, date_before
+        before, after, date_before, date_after = self.dated_pair(
+            parameters, context, self.raster_layer(parameters, "BEFORE", context),
+            self.raster_layer(parameters, "AFTER", context), feedback)
         instruction = self.parameterAsString(parameters, "INSTRUCTION", context).strip() or None
         extent, extent_crs = self.extent(parameters, context, before.crs())
 

@@ -12,15 +12,13 @@ import os
 
 from osgeo import ogr
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterCrs,
-                       QgsProcessingParameterDateTime, QgsProcessingParameterEnum,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterCrs, QgsProcessingParameterEnum,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterVectorDestination, QgsRasterLayer, QgsVectorLayer)
-from qgis.PyQt.QtCore import QDate, Qt
+from qgis.PyQt.QtCore import Qt
 
 from unirs_qgis.algorithms.base import UniRSAlgorithm, crs_for_engine
 from unirs_qgis.engine_link import get_client
-from unirs_qgis.dates import layer_date
 from unirs_qgis.layer_source import is_file_backed
 from unirs_qgis.review_style import ReviewLayerStyler, save_default_style, style_review_layer
 
@@ -75,10 +73,7 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", self.tr("Before (raster file)")))
         self.addParameter(QgsProcessingParameterRasterLayer("AFTER", self.tr("After (raster file)")))
-        for name, label in (("DATE_BEFORE", "Date of BEFORE"), ("DATE_AFTER", "Date of AFTER")):
-            self.addParameter(QgsProcessingParameterDateTime(
-                name, self.tr(f"{label} (default: from the layer)"), QgsProcessingParameterDateTime.Date,
-                optional=True))
+        self.add_date_parameters()
         self.addParameter(QgsProcessingParameterNumber(
             "TILE_SIZE", self.tr("Tile size"), QgsProcessingParameterNumber.Double, 256, minValue=1))
         self.addParameter(QgsProcessingParameterEnum(
@@ -115,10 +110,6 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
                 "reads mosaics window by window and never exports them: save it as a GeoTIFF or VRT first")
         return layer
 
-    def _date(self, parameters, name: str, context, layer) -> QDate | None:
-        given = self.parameterAsDateTime(parameters, name, context)  # (no parameterAsDate on 3.22)
-        return given.date() if given.isValid() else layer_date(layer)
-
     def _output_path(self, parameters, context) -> str:
         path = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         if not path.lower().endswith(".gpkg"):
@@ -127,14 +118,9 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
 
     def job(self, parameters, context, feedback) -> tuple[dict, QgsRasterLayer, QgsRasterLayer]:
         """The engine's ReviewJob as a dict (unirs_engine.review.ReviewJob.from_dict reads it)."""
-        before = self._mosaic(parameters, "BEFORE", context)
-        after = self._mosaic(parameters, "AFTER", context)
-        date_before = self._date(parameters, "DATE_BEFORE", context, before)
-        date_after = self._date(parameters, "DATE_AFTER", context, after)
-        if date_before and date_after and date_after < date_before:
-            feedback.pushWarning(f"'{after.name()}' ({date_after.toString('yyyy-MM-dd')}) is older than "
-                                 f"'{before.name()}' ({date_before.toString('yyyy-MM-dd')}): swapped them")
-            before, after, date_before, date_after = after, before, date_after, date_before
+        before, after, date_before, date_after = self.dated_pair(
+            parameters, context, self._mosaic(parameters, "BEFORE", context),
+            self._mosaic(parameters, "AFTER", context), feedback)
         crs = self.parameterAsCrs(parameters, "CRS", context)
         resolution = self.parameterAsDouble(parameters, "RESOLUTION", context)
         job = {
