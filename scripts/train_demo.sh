@@ -75,6 +75,14 @@ if [[ "$SIZE" == full ]]; then
   rm -rf models/.demo.tmp
   mkdir -p models
   cp -r "$RUN/instruct/checkpoint" models/.demo.tmp
+  # Its model id (answers, GeoPackage features, the dock's engine line), rather than "checkpoint".
+  $PYTHON - <<'PY'
+import json, pathlib
+path = pathlib.Path("models/.demo.tmp/config.json")
+config = json.loads(path.read_text())
+config["_name_or_path"] = "unirs-demo"
+path.write_text(json.dumps(config, indent=2))
+PY
   mkdir -p models/.demo.tmp/eval
   cp "$RUN/eval/report.md" "$RUN/eval/report.json" models/.demo.tmp/eval/
   rm -rf models/demo

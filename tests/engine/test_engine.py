@@ -162,3 +162,16 @@ def test_a_repeated_read_comes_from_memory_until_the_file_changes(engine, tmp_pa
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     fresh = engine._read(ask)
     assert fresh is not chips and not np.array_equal(fresh[0].image, chips[0].image)
+
+
+def test_the_default_model_is_the_embedded_demo(monkeypatch, tmp_path):
+    from unirs_engine.engine import DEFAULT_MODEL_DIR
+    from unirs_engine.review import DEFAULT_THRESHOLD
+
+    monkeypatch.delenv("UNIRS_MODEL", raising=False)
+    engine = Engine.load()
+    assert engine.model.path.resolve() == DEFAULT_MODEL_DIR.resolve() and engine.model.model_id == "unirs-demo"
+    assert engine.model.model.mm_projector.has_change and engine.change_threshold != DEFAULT_THRESHOLD
+    before, after = write_pair(tmp_path)
+    result = engine.describe_change(str(before), str(after))
+    assert result.answer.strip() and result.task == "change"
