@@ -47,6 +47,12 @@ def review_counts(gpkg: str) -> dict:
     return {**record, "changed": changes.GetFeatureCount()}
 
 
+def applied_threshold(counts: dict) -> float:
+    """The threshold the engine applied (its run record stores the resolved one: the job's, else the
+    model's calibrated one), from review_counts(); the default for a file without a record."""
+    return json.loads(counts.get("job_json") or "{}").get("threshold", DEFAULT_THRESHOLD)
+
+
 class ReviewChangesAlgorithm(UniRSAlgorithm):
     def __init__(self):
         super().__init__()
@@ -178,7 +184,7 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
                           f"{counts['skipped_nodata'] + counts['skipped_outside']} skipped (no data)")
 
         uri = f"{out}|layername={LAYER}"
-        threshold = json.loads(counts.get("job_json") or "{}").get("threshold", DEFAULT_THRESHOLD)  # resolved
+        threshold = applied_threshold(counts)
         self._styled = (uri, threshold)
         if context.willLoadLayerOnCompletion(out):
             # Load the feature table itself (the GeoPackage also holds the run record), styled.

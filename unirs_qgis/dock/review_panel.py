@@ -7,7 +7,6 @@ background task with progress and cancel); its output layer is picked up here wh
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ from qgis.PyQt.QtCore import QDateTime, Qt
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QListWidget,
                                  QListWidgetItem, QPushButton, QVBoxLayout, QWidget)
 
-from ..algorithms.review_changes import DEFAULT_THRESHOLD, LAYER, review_counts
+from ..algorithms.review_changes import LAYER, applied_threshold, review_counts
 from ..dates import order_by_date
 from ..review_style import style_review_layer
 
@@ -90,8 +89,7 @@ def open_review(path: str) -> QgsVectorLayer:
         raise ValueError(f"{path} is not a UniRS change review (no '{LAYER}' table with "
                          f"{', '.join(REVIEW_FIELDS)})")
     if not isinstance(layer.renderer(), QgsGraduatedSymbolRenderer):  # no default style saved in it
-        job = json.loads(review_counts(path).get("job_json") or "{}")
-        style_review_layer(layer, job.get("threshold", DEFAULT_THRESHOLD))
+        style_review_layer(layer, applied_threshold(review_counts(path)))
     return layer
 
 
