@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo model recipe: synthetic benchmark -> align (stage 0) -> cem -> instruct -> threshold -> eval,
+# The demo model recipe: synthetic benchmark -> vision + align (stage 0) -> cem -> instruct -> threshold -> eval,
 # then models/demo. Every stage resumes from its newest state-<step> when rerun after a kill.
 #
 #   scripts/train_demo.sh          full size (CPU, see docs/training.md for times); writes models/demo
@@ -54,7 +54,9 @@ if [[ ! -f "$DATA/manifest.json" ]]; then
   unirs synth --out "$DATA" --seed 0 "${SYNTH[@]}"
 fi
 
-stage align configs/demo-align.json "$RUN/align" \
+stage vision configs/demo-vision.json "$RUN/vision" \
+  --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/era"
+stage align configs/demo-align.json "$RUN/align" --set "vision_init=$RUN/vision/checkpoint" \
   --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/era" \
   --set "tokenizer_data.0.root=$DATA/levircc"
 stage cem configs/demo-cem.json "$RUN/cem" \

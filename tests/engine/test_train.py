@@ -340,11 +340,9 @@ def test_cem_pretraining_from_a_plain_vila_checkpoint(datasets, tmp_path):
 def test_align_from_scratch(datasets, tmp_path):
     from unirs_engine.train.align import train_align
 
-    spec = {"image_size": 56, "patch_size": 14, "vision_hidden": 32, "vision_layers": 2, "vision_heads": 2,
-            "vision_intermediate": 64, "llm_hidden": 64, "llm_layers": 2, "llm_heads": 4, "llm_intermediate": 128}
     data = [mixture(datasets)[0], mixture(datasets)[2]]
     config = load_config("align", None, [
-        f"out={tmp_path / 'align'}", "model_spec=" + json.dumps(spec), "vocab_size=400",
+        f"out={tmp_path / 'align'}", "model_spec=" + json.dumps(TINY_SPEC), "vocab_size=400",
         "data=" + json.dumps(data), "tokenizer_data=" + json.dumps([mixture(datasets)[1]]),
         "batch_size=4", "max_steps=25", "epochs=100", "lr=5e-3", "warmup_ratio=0", "num_frames=4", "log_every=1"])
     final = train_align(config)
@@ -355,6 +353,68 @@ def test_align_from_scratch(datasets, tmp_path):
     assert (final / "llm" / "tokenizer.model").is_file()
     # The vocabulary covers the change captions it has not trained on (tokenizer_data).
     assert model.tokenizer.unk_token_id not in model.tokenizer("bare land")["input_ids"]
+
+
+TINY_SPEC = {"image_size": 56, "patch_size": 14, "vision_hidden": 32, "vision_layers": 2, "vision_heads": 2,
+             "vision_intermediate": 64, "llm_hidden": 64, "llm_layers": 2, "llm_heads": 4, "llm_intermediate": 128}
+
+
+@pytest.fixture(scope="module")
+def vision_run(datasets, tmp_path_factory):
+    from unirs_engine.train.vision_pretrain import train_vision
+
+    out = tmp_path_factory.mktemp("vision")
+    data = [mixture(datasets)[0], mixture(datasets)[2]]   # 2 images + 2 videos: one fixed batch of 4
+    config = load_config("vision", None, [
+        f"out={out}", "model_spec=" + json.dumps(TINY_SPEC), "data=" + json.dumps(data), "batch_size=4",
+        "max_steps=30", "epochs=100", "lr=3e-3", "warmup_ratio=0", "num_frames=4", "log_every=1",
+        "augment=false", "eval_split=train"])
+    return out, train_vision(config)
+
+
+def test_vision_stage_learns_to_answer_from_the_picture(vision_run):
+    out, final = vision_run
+    curve = losses(out)
+    assert len(curve) == 30 and curve[-1] < 0.2 * curve[0]
+    info = json.loads((final / "vision.json").read_text())
+    # yes/no (water or not) and the two events: only the picture tells them apart
+    assert set(info["answers"]) == {"yes", "no", "flood", "non-event"}
+    assert info["accuracy"]["train"] == 1.0
+    weights = tensors(final)
+    assert any(k.startswith("vision_tower.model.encoder.") for k in weights)
+    assert {k for k in weights if k.startswith("mm_projector.")} == {
+        f"mm_projector.layers.single.{i}.{p}" for i in (1, 2, 4) for p in ("weight", "bias")}
+
+
+def test_align_starts_from_the_vision_stage_and_keeps_it_frozen(vision_run, datasets, tmp_path):
+    from unirs_engine.train.align import train_align
+
+    _, vision = vision_run
+    config = load_config("align", None, [
+        f"out={tmp_path / 'align'}", "model_spec=" + json.dumps(TINY_SPEC), "vocab_size=400",
+        f"vision_init={vision}", "train_vision=false",
+        "data=" + json.dumps([mixture(datasets)[0], mixture(datasets)[2]]),
+        "tokenizer_data=" + json.dumps([mixture(datasets)[1]]),
+        "batch_size=4", "max_steps=15", "epochs=100", "lr=5e-3", "warmup_ratio=0", "num_frames=4", "log_every=1"])
+    final = train_align(config)
+    curve = losses(tmp_path / "align")
+    assert curve[-1] < 0.5 * curve[0]
+    saved = load_checkpoint(final).model.state_dict()
+    for key, value in tensors(vision).items():  # vision_tower.* and mm_projector.layers.single.*
+        assert torch.equal(saved[key], value), key
+
+
+def test_vision_init_of_another_size_is_refused(vision_run, loaded, tmp_path):
+    from unirs_engine.model.factory import ModelSpec, build_model
+    from unirs_engine.train.vision_pretrain import load_vision_init
+
+    _, vision = vision_run
+    other = {**TINY_SPEC, "vision_hidden": 48}
+    model = build_model(ModelSpec(**other), loaded.tokenizer)
+    with pytest.raises(ConfigError, match="different model_spec .*vision_hidden"):
+        load_vision_init(model, vision, other)
+    with pytest.raises(ConfigError, match="expected the checkpoint folder of `unirs train vision`"):
+        load_vision_init(model, tmp_path, other)
 
 
 def test_train_command(tiny_checkpoint, datasets, tmp_path, capsys):

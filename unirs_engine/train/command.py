@@ -1,4 +1,4 @@
-"""`unirs train {align,cem,instruct} --config FILE [--set key=value ...] [--resume DIR]` and
+"""`unirs train {vision,align,cem,instruct} --config FILE [--set key=value ...] [--resume DIR]` and
 `unirs clues` (the base VLM's clue for every training sample, for `clues` in a data spec).
 
 The same command runs on one CPU, one GPU or many:
@@ -17,10 +17,10 @@ CLUE_TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a UniRS model (stages: align, cem, instruct)",
+    p = subparsers.add_parser("train", help="train a UniRS model (stages: vision, align, cem, instruct)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=list(STAGES),
-                   help="align: demo model from scratch; cem: Chg2Cap-style Change Extraction "
+                   help="vision: demo tower + projector from scratch; align: demo LLM from scratch; cem: Chg2Cap-style Change Extraction "
                         "pretraining; instruct: joint instruction tuning")
     p.add_argument("--config", metavar="FILE", required=True, help="stage settings (JSON)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
@@ -60,7 +60,9 @@ def run_train(args) -> int:
     from ..data import DataError
     from .data import SampleError
 
-    if args.stage == "align":
+    if args.stage == "vision":
+        from .vision_pretrain import train_vision as train
+    elif args.stage == "align":
         from .align import train_align as train
     elif args.stage == "cem":
         from .cem_pretrain import train_cem as train

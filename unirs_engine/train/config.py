@@ -105,10 +105,33 @@ class InstructConfig(StageConfig):
 
 
 @dataclass
-class AlignConfig(StageConfig):
-    """Demo stage 0: vision tower + projector + LLM trained together from random init."""
+class VisionConfig(StageConfig):
+    """Demo stage "vision": tower + projector from random init with a throw-away answer classifier."""
 
     model_spec: dict[str, Any] = field(default_factory=dict)  # factory.ModelSpec fields
+    data: list[DatasetSpec] = field(default_factory=list)   # images/videos with questions and answers
+    num_frames: int = 8
+    warmup_ratio: float = 0.03
+    augment: bool = True         # random 90-degree rotations and flips (answers do not change)
+    eval_split: str = "val"      # held-out accuracy of the classifier, reported in vision.json
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        problems += _check_data(self.data)
+        if self.num_frames < 1:
+            problems.append(f"num_frames: must be >= 1, got {self.num_frames}")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        return problems
+
+
+@dataclass
+class AlignConfig(StageConfig):
+    """Demo stage 0: LLM from random init learns to read the visual tokens (and to talk)."""
+
+    model_spec: dict[str, Any] = field(default_factory=dict)  # factory.ModelSpec fields
+    vision_init: str = ""        # checkpoint of `unirs train vision` for tower + projector ("" = random)
+    train_vision: bool = True    # false: tower + projector frozen (keeps what the vision stage learned)
     vocab_size: int = 1000       # sentencepiece vocabulary trained on the training texts
     data: list[DatasetSpec] = field(default_factory=list)
     tokenizer_data: list[DatasetSpec] = field(default_factory=list)  # more texts for the vocabulary
@@ -173,7 +196,7 @@ def _check_data(data: list[DatasetSpec]) -> list[str]:
     return problems
 
 
-STAGES: dict[str, type[StageConfig]] = {"align": AlignConfig, "cem": CemConfig, "instruct": InstructConfig}
+STAGES: dict[str, type[StageConfig]] = {"vision": VisionConfig, "align": AlignConfig, "cem": CemConfig, "instruct": InstructConfig}
 
 
 def load_config(stage: str, path: str | Path | None = None, overrides: list[str] = ()) -> StageConfig:
