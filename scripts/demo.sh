@@ -33,9 +33,11 @@ fi
 before=$(ls "$mosaics"/before_*.tif)
 after=$(ls "$mosaics"/after_*.tif)
 
-# A throw-away QGIS profile whose plugin folder links to this checkout.
+# A throw-away QGIS profile whose plugin folder links to this checkout; made anew every run
+# (`plugins enable` fails on a profile where the plugin is already enabled).
 profile="$out/qgis-profile"
 plugins="$profile/profiles/default/python/plugins"
+rm -rf "$profile"
 mkdir -p "$plugins"
 ln -sfn "$root" "$plugins/unirs"
 export QGIS_CUSTOM_CONFIG_PATH="$profile" UNIRS_MODEL="$model" UNIRS_ENGINE_PYTHON="$root/.venv/bin/python"
@@ -44,6 +46,7 @@ qgis_process.bin plugins enable unirs >/dev/null
 
 echo "[demo] qgis_process.bin run unirs:review_changes"
 gpkg="$out/review.gpkg"
+rm -f "$gpkg" "$gpkg-wal" "$gpkg-shm"  # a fresh review every run (another model would be refused)
 qgis_process.bin run unirs:review_changes -- BEFORE="$before" AFTER="$after" TILE_SIZE=256 \
   OUTPUT="$gpkg"
 

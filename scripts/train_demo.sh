@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# The demo model recipe: synthetic benchmark -> vision + align (stage 0) -> cem -> instruct -> threshold -> eval,
+# The demo model recipe: synthetic benchmark -> align (stage 0) -> cem -> instruct -> threshold -> eval,
 # then models/demo. Every stage resumes from its newest state-<step> when rerun after a kill.
 #
 #   scripts/train_demo.sh          full size (CPU, see docs/training.md for times); writes models/demo
 #   scripts/train_demo.sh smoke    toy size, a few minutes, checks the chain; models/demo untouched
 #
-# Environment: PYTHON (default .venv/bin/python), RUN (default runs/demo or runs/demo-smoke),
-# LAUNCH (default "$PYTHON -m"; e.g. "accelerate launch -m" for GPUs).
+# Environment: PYTHON (default .venv/bin/python), RUN (default runs/demo[-smoke][-vision]),
+# LAUNCH (default "$PYTHON -m"; e.g. "accelerate launch -m" for GPUs),
+# VISION=1 to train tower + projector first (`unirs train vision`) and align the LLM to them frozen:
+# better VQA and event classification, worse change captions (docs/training.md); not the committed model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZE=${1:-full}
+VISION=${VISION:-0}
+SUFFIX=$([[ "$VISION" == 1 ]] && echo -vision || true)  # its own run folder: no stage is shared
 PYTHON=${PYTHON:-.venv/bin/python}
 LAUNCH=${LAUNCH:-"$PYTHON -m"}
 case "$SIZE" in
   full)
-    RUN=${RUN:-runs/demo}
+    RUN=${RUN:-runs/demo$SUFFIX}
     SYNTH=(--images 2000 --pairs 1500 --videos 600 --size 256)
     LIMITS=()
     ;;
   smoke)
-    RUN=${RUN:-runs/demo-smoke}
+    RUN=${RUN:-runs/demo-smoke$SUFFIX}
     SYNTH=(--images 20 --pairs 20 --videos 10 --size 64)
     LIMITS=(--set max_steps=3 --set batch_size=2 --set save_every=2 --set log_every=1)
     ;;
@@ -54,9 +58,13 @@ if [[ ! -f "$DATA/manifest.json" ]]; then
   unirs synth --out "$DATA" --seed 0 "${SYNTH[@]}"
 fi
 
-stage vision configs/demo-vision.json "$RUN/vision" \
-  --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/era"
-stage align configs/demo-align.json "$RUN/align" --set "vision_init=$RUN/vision/checkpoint" \
+ALIGN_VISION=()
+if [[ "$VISION" == 1 ]]; then
+  stage vision configs/demo-vision.json "$RUN/vision" \
+    --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/era"
+  ALIGN_VISION=(--set "vision_init=$RUN/vision/checkpoint" --set train_vision=false)
+fi
+stage align configs/demo-align.json "$RUN/align" "${ALIGN_VISION[@]}" \
   --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/era" \
   --set "tokenizer_data.0.root=$DATA/levircc"
 stage cem configs/demo-cem.json "$RUN/cem" \

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import get_cosine_schedule_with_warmup
 
 from ..inputs.preprocess import ImagePreprocessor
 from ..model.checkpoint import load_checkpoint, save_checkpoint
@@ -56,15 +55,8 @@ def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSMod
         max_length=config.max_length, num_frames=config.num_frames, task_tag=task_tag,
         skip_log=out / "skipped.jsonl"))
     loader = loop.make_loader(dataset, config, collate)
-    step_module = MultimodalLoss(model, train_vision)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    step_module, optimizer, loader = accelerator.prepare(step_module, optimizer, loader)
-    steps = loop.total_steps(config, loader, accelerator.gradient_accumulation_steps)
-    # accelerate steps a prepared scheduler once per process per optimizer step
-    n = accelerator.num_processes
-    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(
-        optimizer, math.ceil(config.warmup_ratio * steps) * n, steps * n))
+    step_module, optimizer, scheduler, loader, params = loop.prepare_adamw_cosine(
+        config, accelerator, MultimodalLoss(model, train_vision), loader)
     if accelerator.is_main_process:
         save_config(config, out / "train_config.json")
     stage = "align" if isinstance(config, AlignConfig) else "instruct"

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from .config import StageConfig
 
@@ -73,6 +74,21 @@ def steps_per_epoch(loader: DataLoader, grad_accum: int) -> int:
 def total_steps(config: StageConfig, loader: DataLoader, grad_accum: int) -> int:
     steps = config.epochs * steps_per_epoch(loader, grad_accum)
     return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def prepare_adamw_cosine(config: StageConfig, accelerator: Accelerator, module: torch.nn.Module,
+                         loader: DataLoader) -> tuple[torch.nn.Module, Any, Any, DataLoader, list]:
+    """AdamW over `module`'s trainable parameters and a cosine schedule with `config.warmup_ratio`
+    warmup, prepared by accelerate; returns (module, optimizer, scheduler, loader, params)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    module, optimizer, loader = accelerator.prepare(module, optimizer, loader)
+    steps = total_steps(config, loader, accelerator.gradient_accumulation_steps)
+    # accelerate steps a prepared scheduler once per process per optimizer step
+    n = accelerator.num_processes
+    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(config.warmup_ratio * steps) * n, steps * n))
+    return module, optimizer, scheduler, loader, params
 
 
 def run(config: StageConfig, accelerator: Accelerator, model: torch.nn.Module, optimizer, scheduler,

@@ -16,8 +16,8 @@ model spec, vocabularies and held-out accuracy.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,9 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm import tqdm
-from transformers import get_cosine_schedule_with_warmup
 
 from ..inputs.preprocess import ImagePreprocessor
 from ..model.checkpoint import default_image_processor
@@ -39,7 +37,7 @@ from ..model.vision import VisionTower
 from ..types import Sample
 from . import loop
 from .config import ConfigError, VisionConfig, save_config
-from .data import SampleError, SkippingDataset, read_chips, read_spec, sample_source
+from .data import SampleError, SkippingDataset, collate, read_chips, read_spec, sample_source
 
 WEIGHTS_FILE = "vision.safetensors"
 INFO_FILE = "vision.json"
@@ -106,10 +104,6 @@ class QuestionedImages(SkippingDataset):
                 "answers": [self.answers.get(s.references[0].strip().lower(), -100) for s in group]}
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, list]:
-    return {key: [item[key] for item in items] for key in items[0]}
-
-
 class AnswerClassifier(nn.Module):
     """Throw-away head: a bag-of-words question attends over the projected visual tokens of its
     picture; [attended, question] -> MLP -> answer class."""
@@ -124,8 +118,7 @@ class AnswerClassifier(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, questions: list[list[int]]) -> torch.Tensor:
         """tokens (Q, L, H) with padding mask (Q, L) True = padding; Q questions -> (Q, n_answers)."""
         flat = torch.tensor([w for q in questions for w in q], device=tokens.device)
-        offsets = torch.tensor([0, *torch.tensor([len(q) for q in questions]).cumsum(0)[:-1].tolist()],
-                               device=tokens.device)
+        offsets = torch.tensor([0, *itertools.accumulate(len(q) for q in questions)][:-1], device=tokens.device)
         query = self.embed(flat, offsets)                                     # (Q, H)
         keys = self.norm(tokens)
         attended, _ = self.attend(query[:, None], keys, keys, key_padding_mask=mask)  # (Q, 1, H)
@@ -198,14 +191,8 @@ def train_vision(config: VisionConfig, resume: str | Path | None = None) -> Path
                              AnswerClassifier(spec.llm_hidden, len(vocab), len(answers)))
     dataset = QuestionedImages(train_samples, preprocessor, vocab, answers, config.num_frames,
                                augment=config.augment)
-    loader = loop.make_loader(dataset, config, collate)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps = loop.total_steps(config, loader, accelerator.gradient_accumulation_steps)
-    n = accelerator.num_processes
-    scheduler = accelerator.prepare(get_cosine_schedule_with_warmup(
-        optimizer, math.ceil(config.warmup_ratio * steps) * n, steps * n))
+    model, optimizer, scheduler, loader, params = loop.prepare_adamw_cosine(
+        config, accelerator, model, loader=loop.make_loader(dataset, config, collate))
     if accelerator.is_main_process:
         save_config(config, out / "train_config.json")
     loop.run(config, accelerator, model, optimizer, scheduler, loader, model, params=params,
