@@ -20,8 +20,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a UniRS model (stages: vision, align, cem, instruct)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=list(STAGES),
-                   help="vision: demo tower + projector from scratch; align: demo LLM from scratch; cem: Chg2Cap-style Change Extraction "
-                        "pretraining; instruct: joint instruction tuning")
+                   help="vision: demo tower + projector from scratch (optional); align: demo model "
+                        "from scratch; cem: Chg2Cap-style Change Extraction pretraining; instruct: "
+                        "joint instruction tuning")
     p.add_argument("--config", metavar="FILE", required=True, help="stage settings (JSON)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override a setting (JSON value; dotted keys: data.1.repeat=5); repeatable")

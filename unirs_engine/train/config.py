@@ -127,7 +127,8 @@ class VisionConfig(StageConfig):
 
 @dataclass
 class AlignConfig(StageConfig):
-    """Demo stage 0: LLM from random init learns to read the visual tokens (and to talk)."""
+    """Demo stage 0: tower + projector + LLM from random init, or the LLM alone reading the frozen
+    tower + projector of the vision stage."""
 
     model_spec: dict[str, Any] = field(default_factory=dict)  # factory.ModelSpec fields
     vision_init: str = ""        # checkpoint of `unirs train vision` for tower + projector ("" = random)
@@ -196,7 +197,8 @@ def _check_data(data: list[DatasetSpec]) -> list[str]:
     return problems
 
 
-STAGES: dict[str, type[StageConfig]] = {"vision": VisionConfig, "align": AlignConfig, "cem": CemConfig, "instruct": InstructConfig}
+STAGES: dict[str, type[StageConfig]] = {"vision": VisionConfig, "align": AlignConfig, "cem": CemConfig,
+                                        "instruct": InstructConfig}
 
 
 def load_config(stage: str, path: str | Path | None = None, overrides: list[str] = ()) -> StageConfig:

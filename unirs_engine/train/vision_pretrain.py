@@ -6,7 +6,8 @@ fitted the answer priors and ignored the image. Here tower + projector are train
 throw-away question-conditioned answer classifier on the same images and videos (VQA as
 classification, one answer class per distinct training answer), so every projected token has to
 carry what the questions ask about. The align stage then starts from these weights
-(`vision_init`) and keeps them frozen.
+(`vision_init`) and keeps them frozen. Optional (`VISION=1 scripts/train_demo.sh`): measured, it
+lifts VQA and event classification but lowers the change captions (docs/training.md).
 
 Writes out/checkpoint/{vision.safetensors, vision.json}: the tower's `vision_tower.*` and the
 projector's `mm_projector.layers.single.*` weights (the keys of UniRSModel's state dict), and the
