@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo model recipe: synthetic benchmark -> align (stage 0) -> cem -> instruct -> threshold -> eval,
+# The demo model recipe: synthetic benchmark -> vision -> align -> cem -> instruct -> threshold -> eval,
 # then models/demo. Every stage resumes from its newest state-<step> when rerun after a kill.
 #
 #   scripts/train_demo.sh          full size (CPU, see docs/training.md for times); writes models/demo
@@ -7,14 +7,14 @@
 #
 # Environment: PYTHON (default .venv/bin/python), RUN (default runs/demo[-smoke][-vision]),
 # LAUNCH (default "$PYTHON -m"; e.g. "accelerate launch -m" for GPUs),
-# VISION=1 to train tower + projector first (`unirs train vision`) and align the LLM to them frozen:
-# better VQA and event classification, worse change captions (docs/training.md); not the committed model.
+# VISION=0 for the earlier recipe without the vision stage (align trains tower, projector and LLM
+# together; worse on every metric, docs/training.md): its own run folder, models/demo untouched.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SIZE=${1:-full}
-VISION=${VISION:-0}
-SUFFIX=$([[ "$VISION" == 1 ]] && echo -vision || true)  # its own run folder: no stage is shared
+VISION=${VISION:-1}
+SUFFIX=$([[ "$VISION" == 0 ]] && echo -novision || true)  # its own run folder: no stage is shared
 PYTHON=${PYTHON:-.venv/bin/python}
 LAUNCH=${LAUNCH:-"$PYTHON -m"}
 case "$SIZE" in
@@ -61,7 +61,7 @@ fi
 ALIGN_VISION=()
 if [[ "$VISION" == 1 ]]; then
   stage vision configs/demo-vision.json "$RUN/vision" \
-    --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/era"
+    --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/era" --set "data.2.root=$DATA/levircc"
   ALIGN_VISION=(--set "vision_init=$RUN/vision/checkpoint" --set train_vision=false)
 fi
 stage align configs/demo-align.json "$RUN/align" "${ALIGN_VISION[@]}" \
@@ -80,7 +80,7 @@ echo "== eval"
 unirs eval --model "$RUN/instruct/checkpoint" --task synthetic --data "$DATA" --out "$RUN/eval" \
   --split test
 
-if [[ "$SIZE" == full ]]; then
+if [[ "$SIZE" == full && "$VISION" == 1 ]]; then
   echo "== models/demo"
   rm -rf models/.demo.tmp
   mkdir -p models

@@ -45,18 +45,21 @@ def write_rsvqa_lr(root, n_images=2):
     return root
 
 
-def write_levircc(root, n_pairs=2):
-    """LEVIR-CC: LevirCCcaptions.json + images/train/{A,B}/<name>.tif."""
+def write_levircc(root, n_pairs=2, unchanged=()):
+    """LEVIR-CC: LevirCCcaptions.json + images/train/{A,B}/<name>.tif; pairs listed in `unchanged`
+    show the same scene twice."""
     captions = ["many buildings have been built on the bare land", "a lake has appeared in the centre"]
     records = []
     for i in range(n_pairs):
         name = f"train_{i:06d}.tif"
-        for side, water in (("A", False), ("B", True)):
+        changed = i not in unchanged
+        for side, water in (("A", False), ("B", changed)):
             (root / "images" / "train" / side).mkdir(parents=True, exist_ok=True)
             write_raster(root / "images" / "train" / side / name, scene(10 + i, water))
+        texts = captions[i % 2:] + captions[:i % 2] if changed else ["nothing has changed", "there is no change"]
         sentences = [{"tokens": c.split(), "raw": f" {c} .", "imgid": i, "sentid": 5 * i + j}
-                     for j, c in enumerate(captions[i % 2:] + captions[:i % 2])]
-        records.append({"filename": name, "filepath": "train", "split": "train", "changeflag": 1,
+                     for j, c in enumerate(texts)]
+        records.append({"filename": name, "filepath": "train", "split": "train", "changeflag": int(changed),
                         "imgid": i, "sentids": [s["sentid"] for s in sentences], "sentences": sentences})
     (root / "LevirCCcaptions.json").write_text(json.dumps({"images": records}))
     return root
@@ -364,11 +367,13 @@ def vision_run(datasets, tmp_path_factory):
     from unirs_engine.train.vision_pretrain import train_vision
 
     out = tmp_path_factory.mktemp("vision")
-    data = [mixture(datasets)[0], mixture(datasets)[2]]   # 2 images + 2 videos: one fixed batch of 4
+    pairs = write_levircc(tmp_path_factory.mktemp("pairs"), n_pairs=2, unchanged=(1,))
+    # 2 images + 2 videos + a changed and an unchanged pair: one fixed batch of 6
+    data = [mixture(datasets)[0], mixture(datasets)[2], {"task": "levir-cc", "root": str(pairs)}]
     config = load_config("vision", None, [
-        f"out={out}", "model_spec=" + json.dumps(TINY_SPEC), "data=" + json.dumps(data), "batch_size=4",
+        f"out={out}", "model_spec=" + json.dumps(TINY_SPEC), "data=" + json.dumps(data), "batch_size=6",
         "max_steps=30", "epochs=100", "lr=3e-3", "warmup_ratio=0", "num_frames=4", "log_every=1",
-        "augment=false", "eval_split=train"])
+        "augment=false", "eval_split=train", "min_caption_word_count=1"])
     return out, train_vision(config)
 
 
@@ -377,13 +382,15 @@ def test_vision_stage_learns_to_answer_from_the_picture(vision_run):
     curve = losses(out)
     assert len(curve) == 30 and curve[-1] < 0.2 * curve[0]
     info = json.loads((final / "vision.json").read_text())
-    # yes/no (water or not) and the two events: only the picture tells them apart
+    # yes/no (water or not; changed or not) and the two events: only the pictures tell them apart
     assert set(info["answers"]) == {"yes", "no", "flood", "non-event"}
-    assert info["accuracy"]["train"] == 1.0
+    assert info["accuracy"]["train"] == {"pictures": 1.0, "pairs": 1.0}
+    assert {"buildings", "lake", "nothing", "change"} <= set(info["caption_words"])
     weights = tensors(final)
     assert any(k.startswith("vision_tower.model.encoder.") for k in weights)
-    assert {k for k in weights if k.startswith("mm_projector.")} == {
-        f"mm_projector.layers.single.{i}.{p}" for i in (1, 2, 4) for p in ("weight", "bias")}
+    projector = {k for k in weights if k.startswith("mm_projector.")}
+    assert {f"mm_projector.layers.single.{i}.{p}" for i in (1, 2, 4) for p in ("weight", "bias")} <= projector
+    assert "mm_projector.layers.change.Conv1.weight" in projector   # the CEM, trained on the pairs
 
 
 def test_align_starts_from_the_vision_stage_and_keeps_it_frozen(vision_run, datasets, tmp_path):
@@ -400,7 +407,7 @@ def test_align_starts_from_the_vision_stage_and_keeps_it_frozen(vision_run, data
     curve = losses(tmp_path / "align")
     assert curve[-1] < 0.5 * curve[0]
     saved = load_checkpoint(final).model.state_dict()
-    for key, value in tensors(vision).items():  # vision_tower.* and mm_projector.layers.single.*
+    for key, value in tensors(vision).items():  # tower, projector and CEM (layers.change.*)
         assert torch.equal(saved[key], value), key
 
 

@@ -109,11 +109,12 @@ class VisionConfig(StageConfig):
     """Demo stage "vision": tower + projector from random init with a throw-away answer classifier."""
 
     model_spec: dict[str, Any] = field(default_factory=dict)  # factory.ModelSpec fields
-    data: list[DatasetSpec] = field(default_factory=list)   # images/videos with questions and answers
+    data: list[DatasetSpec] = field(default_factory=list)   # images/videos with questions, captioned pairs
     num_frames: int = 8
     warmup_ratio: float = 0.03
-    augment: bool = True         # random 90-degree rotations and flips (answers do not change)
+    augment: bool = True         # random 90-degree rotations and flips of images and videos
     eval_split: str = "val"      # held-out accuracy of the classifier, reported in vision.json
+    min_caption_word_count: int = 5  # image pairs: rarer caption words are not targets
 
     def check(self) -> list[str]:
         problems = super().check()

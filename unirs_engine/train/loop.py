@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -31,14 +31,17 @@ PROGRESS_FILE = "progress.json"
 LOG_FILE = "log.jsonl"
 
 
-def make_accelerator(config: StageConfig) -> Accelerator:
+def make_accelerator(config: StageConfig, find_unused_parameters: bool = False) -> Accelerator:
     """bf16 autocast on a bf16-capable GPU, full precision otherwise, unless `accelerate launch`
-    (its config file or --mixed_precision) already chose."""
+    (its config file or --mixed_precision) already chose. `find_unused_parameters`: for models
+    whose batches may leave a part without gradient (DDP would take it for an error)."""
     set_seed(config.seed)
     mixed = None
     if "ACCELERATE_MIXED_PRECISION" not in os.environ:
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+    return Accelerator(gradient_accumulation_steps=config.grad_accum, mixed_precision=mixed,
+                       kwargs_handlers=[ddp])
 
 
 class SeededSampler(torch.utils.data.Sampler[int]):
