@@ -5,7 +5,7 @@
 #   scripts/train_demo.sh          full size (CPU, see docs/training.md for times); writes models/demo
 #   scripts/train_demo.sh smoke    toy size, a few minutes, checks the chain; models/demo untouched
 #
-# Environment: PYTHON (default .venv/bin/python), RUN (default runs/demo[-smoke][-vision]),
+# Environment: PYTHON (default .venv/bin/python), RUN (default runs/demo[-smoke][-novision]),
 # LAUNCH (default "$PYTHON -m"; e.g. "accelerate launch -m" for GPUs),
 # VISION=0 for the earlier recipe without the vision stage (align trains tower, projector and LLM
 # together; worse on every metric, docs/training.md): its own run folder, models/demo untouched.

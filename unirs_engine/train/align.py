@@ -1,10 +1,11 @@
 """Demo stage 0: a small VLM from scratch (no pretrained SigLIP/LLaMA exists on this machine).
 
 A sentencepiece tokenizer is trained on the training texts, a random model is built by
-model.factory, its tower + single-image projector optionally taken from `unirs train vision`
-(`vision_init`, then frozen with `train_vision: false`), and trained with the LLM loss on images
-and video frames, without task tags (this model plays VILA-1.5's part: the base VLM that writes the
-clues). The Change Extraction module stays untouched here; `unirs train cem` trains it next.
+model.factory, its tower + projector (and CEM, when trained on pairs) optionally taken from
+`unirs train vision` (`vision_init`, then frozen with `train_vision: false`), and trained with the
+LLM loss on images and video frames, without task tags (this model plays VILA-1.5's part: the base
+VLM that writes the clues). The Change Extraction module is not trained here (no pairs);
+`unirs train cem` trains it next.
 """
 
 from __future__ import annotations

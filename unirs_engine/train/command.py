@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a UniRS model (stages: vision, align, cem, instruct)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=list(STAGES),
-                   help="vision: demo tower + projector from scratch ; align: demo model "
+                   help="vision: demo tower + projector + CEM from scratch; align: demo model "
                         "from scratch; cem: Chg2Cap-style Change Extraction pretraining; instruct: "
                         "joint instruction tuning")
     p.add_argument("--config", metavar="FILE", required=True, help="stage settings (JSON)")

@@ -91,10 +91,7 @@ class InstructConfig(StageConfig):
         problems += _check_data(self.data)
         if self.max_length < 16:
             problems.append(f"max_length: must be >= 16, got {self.max_length}")
-        if self.num_frames < 1:
-            problems.append(f"num_frames: must be >= 1, got {self.num_frames}")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        problems += _check_frames_and_warmup(self.num_frames, self.warmup_ratio)
         if self.image_aspect_ratio not in (None, "pad", "resize"):
             problems.append(f"image_aspect_ratio: must be 'pad' or 'resize', got {self.image_aspect_ratio!r}")
         if self.drop_change_module:  # without the CEM, image pairs can only go in as frames
@@ -106,7 +103,8 @@ class InstructConfig(StageConfig):
 
 @dataclass
 class VisionConfig(StageConfig):
-    """Demo stage "vision": tower + projector from random init with a throw-away answer classifier."""
+    """Demo stage "vision": tower + projector (+ CEM, given image pairs) from random init with a
+    throw-away answer classifier."""
 
     model_spec: dict[str, Any] = field(default_factory=dict)  # factory.ModelSpec fields
     data: list[DatasetSpec] = field(default_factory=list)   # images/videos with questions, captioned pairs
@@ -119,20 +117,17 @@ class VisionConfig(StageConfig):
     def check(self) -> list[str]:
         problems = super().check()
         problems += _check_data(self.data)
-        if self.num_frames < 1:
-            problems.append(f"num_frames: must be >= 1, got {self.num_frames}")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        problems += _check_frames_and_warmup(self.num_frames, self.warmup_ratio)
         return problems
 
 
 @dataclass
 class AlignConfig(StageConfig):
     """Demo stage 0: tower + projector + LLM from random init, or the LLM alone reading the frozen
-    tower + projector of the vision stage."""
+    tower + projector (+ CEM) of the vision stage."""
 
     model_spec: dict[str, Any] = field(default_factory=dict)  # factory.ModelSpec fields
-    vision_init: str = ""        # checkpoint of `unirs train vision` for tower + projector ("" = random)
+    vision_init: str = ""        # `unirs train vision` checkpoint: tower, projector (+ CEM); "" = random
     train_vision: bool = True    # false: tower + projector frozen (keeps what the vision stage learned)
     vocab_size: int = 1000       # sentencepiece vocabulary trained on the training texts
     data: list[DatasetSpec] = field(default_factory=list)
@@ -148,10 +143,7 @@ class AlignConfig(StageConfig):
             problems.append(f"vocab_size: must be >= 100, got {self.vocab_size}")
         if self.max_length < 16:
             problems.append(f"max_length: must be >= 16, got {self.max_length}")
-        if self.num_frames < 1:
-            problems.append(f"num_frames: must be >= 1, got {self.num_frames}")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        problems += _check_frames_and_warmup(self.num_frames, self.warmup_ratio)
         return problems
 
 
@@ -188,6 +180,13 @@ class CemConfig(StageConfig):
         if self.lr_step_epochs < 1 or not 0 < self.lr_gamma <= 1:
             problems.append("lr_step_epochs/lr_gamma: need step >= 1 and 0 < gamma <= 1")
         return problems
+
+
+def _check_frames_and_warmup(num_frames: int, warmup_ratio: float) -> list[str]:
+    problems = [] if num_frames >= 1 else [f"num_frames: must be >= 1, got {num_frames}"]
+    if not 0 <= warmup_ratio < 1:
+        problems.append(f"warmup_ratio: must be in [0, 1), got {warmup_ratio}")
+    return problems
 
 
 def _check_data(data: list[DatasetSpec]) -> list[str]:

@@ -78,6 +78,11 @@ CHANGED_QUESTION = "has anything changed between the two dates"
 DESCRIBE_QUESTION = "which words describe the change"
 
 
+def changed_answer(pair: Sample) -> str:
+    """The answer to CHANGED_QUESTION for a pair: "yes"/"no" from its changeflag."""
+    return "yes" if pair.meta.get("changeflag") else "no"
+
+
 class QuestionedImages(SkippingDataset):
     """One item per picture (an image, a video's frames, or a before/after pair) with all its
     questions: {pixel_values (N,3,S,S), pair: bool, questions [[word ids]], answers [class ids],
@@ -113,13 +118,12 @@ class QuestionedImages(SkippingDataset):
         if group[0].kind is InputKind.PAIR:
             # Not augmented: captions name where the change is ("in the top left corner").
             pair = group[0]
-            changed = "yes" if pair.meta.get("changeflag") else "no"
             for word in {w for caption in pair.references for w in words(caption)}:
                 if word in self.caption_vocab:
                     caption_words[self.caption_vocab[word]] = 1.0
             return {"pixel_values": pixels, "pair": True,
                     "questions": [self.question(CHANGED_QUESTION), self.question(DESCRIBE_QUESTION)],
-                    "answers": [self.answers[changed], -100], "describe": [False, True],
+                    "answers": [self.answers[changed_answer(pair)], -100], "describe": [False, True],
                     "caption_words": caption_words}
         # The answers (presence, counts, events) do not change under these. Torch's own RNG: in a
         # loader worker it is reseeded every epoch from the loader's seeded generator.
@@ -215,7 +219,7 @@ def vocabularies(samples: Sequence[Sample], min_caption_word_count: int
     caption_counts: Counter[str] = Counter()
     for sample in samples:
         if sample.kind is InputKind.PAIR:
-            texts, answer = [CHANGED_QUESTION, DESCRIBE_QUESTION], "yes" if sample.meta.get("changeflag") else "no"
+            texts, answer = [CHANGED_QUESTION, DESCRIBE_QUESTION], changed_answer(sample)
             caption_counts.update(w for caption in sample.references for w in words(caption))
         else:
             texts, answer = [sample.instruction], sample.references[0] if sample.references else None
@@ -223,7 +227,8 @@ def vocabularies(samples: Sequence[Sample], min_caption_word_count: int
             vocab.setdefault(word, len(vocab))
         if answer:
             answers.setdefault(answer.strip().lower(), len(answers))
-    caption_vocab = {w: i for i, w in enumerate(w for w, n in caption_counts.items() if n >= min_caption_word_count)}
+    frequent = (w for w, n in caption_counts.items() if n >= min_caption_word_count)
+    caption_vocab = {w: i for i, w in enumerate(frequent)}
     return vocab, answers, caption_vocab
 
 
@@ -238,8 +243,8 @@ def accuracy(model: VisionPretrainer, dataset: QuestionedImages, batch_size: int
         out = model.logits(batch)
         hits = (out["answers"].argmax(-1) == out["labels"]).tolist()
         # an answer never seen in training (label -100) counts as wrong; describe questions have none
-        asked = [("pairs" if is_pair else "pictures", d) for is_pair, ds in zip(batch["pair"], batch["describe"])
-                 for d in ds]
+        asked = [("pairs" if is_pair else "pictures", d)
+                 for is_pair, ds in zip(batch["pair"], batch["describe"]) for d in ds]
         for hit, (kind, describe) in zip(hits, asked):
             if not describe:
                 right[kind] += hit
