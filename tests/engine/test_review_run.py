@@ -112,6 +112,37 @@ def test_nodata_hole_tiles_are_skipped_and_counted_as_the_writer_made_them(engin
     assert summary.total_tiles == summary.done == 64
 
 
+def test_a_nodata_hole_in_one_date_is_not_change(engine, holed, tmp_path):
+    """after = before with the hole cut out: tiles partly in the hole compare only the pixels both dates
+    have, so every scored tile is unchanged (pad grey against ground would score as change)."""
+    with rasterio.open(holed["before"]) as src:
+        data, profile = src.read(), src.profile
+    col0, row0, width, height = holed["truth"]["nodata_hole"]["window"]
+    profile["nodata"] = 0
+    data[:, row0:row0 + height, col0:col0 + width] = 0
+    after = tmp_path / "same_with_hole.tif"
+    with rasterio.open(after, "w", **profile) as dst:
+        dst.write(data)
+    job = ReviewJob(holed["before"], str(after), str(tmp_path / "same.gpkg"), tile_size=48)
+    plan = plan_review(job)
+    partly = [plan.window(i)[:2] for i in range(plan.total_tiles)
+              for w in [plan.window(i)[2]]
+              if 0.5 <= 1 - _overlap(w, col0, row0, width, height) < 1]
+    assert partly                                             # tiles with some hole but kept
+
+    run_review(engine, job)
+    scores = {(r[0], r[1]): r[2] for r in _rows(job.out)}
+    assert set(partly) <= set(scores)
+    assert max(scores.values()) < 1e-4, scores
+
+
+def _overlap(w, col0, row0, width, height) -> float:
+    """Fraction of window w inside the rectangle (col0, row0, width, height)."""
+    cols = max(0, min(w.col_off + w.width, col0 + width) - max(w.col_off, col0))
+    rows = max(0, min(w.row_off + w.height, row0 + height) - max(w.row_off, row0))
+    return cols * rows / (w.width * w.height)
+
+
 def test_tiles_outside_a_mosaic_footprint_are_skipped_as_outside(engine, holed, tmp_path):
     """after: a copy of before turned 30 degrees about its centre, so before's corners lie outside it."""
     with rasterio.open(holed["before"]) as src:

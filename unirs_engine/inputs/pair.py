@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.transform import Affine
@@ -13,7 +14,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
 from ..types import Chip
-from .raster import Bounds, crs_label, fmt_bounds, open_raster, read_chip, read_rgb, select_bands
+from .raster import PAD_RGB, Bounds, crs_label, fmt_bounds, open_raster, read_chip, read_rgb, select_bands
 
 
 def read_pair(
@@ -52,7 +53,24 @@ def read_pair(
                            add_alpha=src.nodata is None and ColorInterp.alpha not in src.colorinterp) as vrt:
                 image, valid = read_rgb(vrt, indexes)                     # (H, W, 3), (H, W) of the before grid
     second = Chip(image, replace(grid, source=after, bands=indexes), valid)
-    return first, second
+    return blank_outside_common(first, second)
+
+
+def blank_outside_common(before: Chip, after: Chip) -> tuple[Chip, Chip]:
+    """Both chips with every pixel that lacks data in either date padded grey in both, and valid =
+    the common mask: otherwise a nodata hole in one date (pad grey against ground) reads as change."""
+    if before.valid is None and after.valid is None:
+        return before, after
+    common = np.ones(before.image.shape[:2], bool)                          # (H, W)
+    for chip in (before, after):
+        if chip.valid is not None:
+            common &= chip.valid
+    chips = []
+    for chip in (before, after):
+        image = chip.image.copy()
+        image[~common] = PAD_RGB                                             # (H, W, 3)
+        chips.append(replace(chip, image=image, valid=common))
+    return chips[0], chips[1]
 
 
 def _check_overlap(before: str, grid_bounds: Bounds, grid_crs: CRS, after: str, after_bounds: Bounds,

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
                         f"calibrated for the model, else {DEFAULT_THRESHOLD})")
     p.add_argument("--caption-all", action="store_true", help="caption every valid tile")
     p.add_argument("--min-valid", type=float, default=0.5,
-                   help="valid-pixel fraction in both dates below which a tile is skipped (default 0.5)")
+                   help="fraction of a tile's pixels with data in both dates below which it is skipped; "
+                        "pixels without data in either date are blanked in both (default 0.5)")
     p.add_argument("--max-tiles", type=int, default=100_000, help="refuse a plan with more tiles (default 100000)")
     p.add_argument("--batch-size", type=int, default=8, help="tile pairs per forward pass (default 8)")
     p.add_argument("--date-before", help="ISO date of BEFORE, written into every feature")

@@ -41,7 +41,7 @@ class ReviewJob:
     threshold: float | None = None   # tiles with score >= threshold get a caption; None: the model's
                                      #   calibrated threshold (review/calibrate.py), else DEFAULT_THRESHOLD
     caption_all: bool = False        # caption every valid tile
-    min_valid: float = 0.5           # fraction of valid pixels in BOTH dates below which a tile is skipped
+    min_valid: float = 0.5           # fraction of pixels valid in both dates below which a tile is skipped
     max_tiles: int = 100_000         # plan refused above this, message names the count
     batch_size: int = 8              # tile pairs per forward pass / generate call
     prefetch: int = 2                # batches read ahead (bounded queue)

@@ -20,6 +20,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 
+from ..inputs.pair import blank_outside_common
 from ..inputs.raster import fit_shape, open_raster, read_rgb, select_bands
 from ..types import Chip, GeoRef
 from .grid import ReviewPlan
@@ -157,7 +158,7 @@ class TileReader:
         if any(not valid.any() and d.outside(bounds) for d, (_, valid) in zip(dates, reads)):
             batch.skipped_outside += 1
             return
-        if min(valid.mean() for _, valid in reads) < self.job.min_valid:
+        if (reads[0][1] & reads[1][1]).mean() < self.job.min_valid:
             batch.skipped_nodata += 1
             return
         scale = Affine.scale(window.width / out_shape[1], window.height / out_shape[0])
@@ -166,4 +167,4 @@ class TileReader:
         before, after = (Chip(image, GeoRef(d.path, self.plan.crs, bounds, transform, out_shape[1],
                                             out_shape[0], d.indexes), valid)
                          for d, (image, valid) in zip(dates, reads))
-        batch.pairs.append(TilePair(index, row, col, bounds, before, after))
+        batch.pairs.append(TilePair(index, row, col, bounds, *blank_outside_common(before, after)))
