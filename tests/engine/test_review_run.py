@@ -224,11 +224,7 @@ def test_killed_cli_leaves_whole_batches_and_a_rerun_completes(holed, tiny_check
                "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}   # same arithmetic as the reference
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and _run_state(out)["next_tile"] >= 4:     # the first batch is committed
-            break
-        time.sleep(0.005)
+    _wait_for_first_batch(proc, out)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
@@ -250,17 +246,29 @@ def test_killed_cli_leaves_whole_batches_and_a_rerun_completes(holed, tiny_check
     _same(final, reference)
 
 
+def _wait_for_first_batch(proc: subprocess.Popen, out, timeout_s: float = 300) -> None:
+    """Return once the CLI review has committed its first batch of 4 tiles; fail (and kill it) if it
+    ends or takes longer first, rather than signal a process that is still importing."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None:
+        if out.exists() and _run_state(out)["next_tile"] >= 4:
+            return
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"the review committed no batch within {timeout_s:.0f} s")
+        time.sleep(0.005)
+    pytest.fail(f"the review ended (exit {proc.returncode}) before it could be stopped: "
+                f"{proc.communicate()[1][-2000:]}")
+
+
 def test_ctrl_c_stops_the_cli_cleanly_with_exit_130(holed, tiny_checkpoint):
     out = holed["root"] / "interrupted.gpkg"
     proc = subprocess.Popen([sys.executable, "-m", "unirs_engine.cli", "review", holed["before"], holed["after"],
                              "--out", str(out), "--tile-size", "32", "--caption-all", "--batch-size", "4",
                              "--model", str(tiny_checkpoint), "--device", "cpu"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and _run_state(out)["next_tile"] >= 4:
-            break
-        time.sleep(0.005)
+    _wait_for_first_batch(proc, out)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
