@@ -158,7 +158,8 @@ class TileReader:
         if any(not valid.any() and d.outside(bounds) for d, (_, valid) in zip(dates, reads)):
             batch.skipped_outside += 1
             return
-        if (reads[0][1] & reads[1][1]).mean() < self.job.min_valid:
+        valid_in_both = reads[0][1] & reads[1][1]                                      # (h, w)
+        if valid_in_both.mean() < self.job.min_valid:
             batch.skipped_nodata += 1
             return
         scale = Affine.scale(window.width / out_shape[1], window.height / out_shape[0])
