@@ -65,6 +65,8 @@ def blank_outside_common(before: Chip, after: Chip) -> tuple[Chip, Chip]:
     for chip in (before, after):
         if chip.valid is not None:
             common &= chip.valid
+    if common.all():                                                         # nothing to blank (no copy)
+        return before, after
     chips = []
     for chip in (before, after):
         image = chip.image.copy()
