@@ -95,11 +95,7 @@ def _valid(path) -> None:
 def test_nodata_hole_tiles_are_skipped_and_counted_as_the_writer_made_them(engine, holed):
     job = _job(holed, "hole.gpkg", tile_size=32)
     plan = plan_review(job)
-    col0, row0, width, height = holed["truth"]["nodata_hole"]["window"]   # before pixels == grid pixels
-    valid = np.ones((SIZE, SIZE), bool)
-    valid[row0:row0 + height, col0:col0 + width] = False
-    fractions = {plan.window(i)[:2]: valid[w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width].mean()
-                 for i in range(plan.total_tiles) for w in [plan.window(i)[2]]}
+    fractions = _outside_hole(plan, holed["truth"]["nodata_hole"]["window"])
     clear_skip = {t for t, f in fractions.items() if f < 0.4}
     clear_keep = {t for t, f in fractions.items() if f > 0.6}
     assert len(clear_skip) >= 2 and any(f == 0 for f in fractions.values())  # the hole swallows whole tiles
@@ -125,9 +121,7 @@ def test_a_nodata_hole_in_one_date_is_not_change(engine, holed, tmp_path):
         dst.write(data)
     job = ReviewJob(holed["before"], str(after), str(tmp_path / "same.gpkg"), tile_size=48)
     plan = plan_review(job)
-    partly = [plan.window(i)[:2] for i in range(plan.total_tiles)
-              for w in [plan.window(i)[2]]
-              if 0.5 <= 1 - _overlap(w, col0, row0, width, height) < 1]
+    partly = [tile for tile, f in _outside_hole(plan, (col0, row0, width, height)).items() if 0.5 <= f < 1]
     assert partly                                             # tiles with some hole but kept
 
     run_review(engine, job)
@@ -136,11 +130,14 @@ def test_a_nodata_hole_in_one_date_is_not_change(engine, holed, tmp_path):
     assert max(scores.values()) < 1e-4, scores
 
 
-def _overlap(w, col0, row0, width, height) -> float:
-    """Fraction of window w inside the rectangle (col0, row0, width, height)."""
-    cols = max(0, min(w.col_off + w.width, col0 + width) - max(w.col_off, col0))
-    rows = max(0, min(w.row_off + w.height, row0 + height) - max(w.row_off, row0))
-    return cols * rows / (w.width * w.height)
+def _outside_hole(plan, hole) -> dict[tuple[int, int], float]:
+    """(row, col) -> fraction of the tile outside the hole window (col0, row0, width, height), given in
+    before pixels (== grid pixels: the grid is the before mosaic's)."""
+    col0, row0, width, height = hole
+    valid = np.ones((SIZE, SIZE), bool)
+    valid[row0:row0 + height, col0:col0 + width] = False
+    return {plan.window(i)[:2]: valid[w.row_off:w.row_off + w.height, w.col_off:w.col_off + w.width].mean()
+            for i in range(plan.total_tiles) for w in [plan.window(i)[2]]}
 
 
 def test_tiles_outside_a_mosaic_footprint_are_skipped_as_outside(engine, holed, tmp_path):
