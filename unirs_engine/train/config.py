@@ -43,7 +43,7 @@ class StageConfig:
     out: str                     # run folder: checkpoint/, state-<step>/, log.jsonl
     seed: int = 0
     epochs: int = 1
-    max_steps: int = 0           # > 0: stop after this many optimizer steps (smoke runs)
+    max_steps: int = 0           # > 0: stop after this many optimizer steps (also sets the schedule length)
     batch_size: int = 4          # per device
     grad_accum: int = 1
     lr: float = 1e-4
