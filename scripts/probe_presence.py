@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from unirs_engine.data.synthetic.scene import NOUNS
+from unirs_engine.evaluate.metrics import normalise_answer
 from unirs_engine.inputs.preprocess import ImagePreprocessor
 from unirs_engine.inputs.raster import read_chip
 from unirs_engine.model.checkpoint import load_checkpoint
@@ -77,11 +78,11 @@ def probe_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, 
 def answer_accuracy(predictions: str) -> dict[str, float]:
     """Per noun, the share of presence questions the eval answered right."""
     right: dict[str, list[int]] = defaultdict(list)
-    for line in open(predictions, encoding="utf-8"):
-        row = json.loads(line)
-        if row["meta"].get("question_type") == "presence":
-            said = row["prediction"].strip().lower().rstrip(".")
-            right[noun_of(row["instruction"])].append(said == row["references"][0].lower())
+    with open(predictions, encoding="utf-8") as lines:
+        for row in map(json.loads, lines):
+            if row["meta"].get("question_type") == "presence":
+                said, truth = normalise_answer(row["prediction"]), normalise_answer(row["references"][0])
+                right[noun_of(row["instruction"])].append(said == truth)
     return {noun: float(np.mean(hits)) for noun, hits in right.items()}
 
 
