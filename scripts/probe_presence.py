@@ -46,7 +46,7 @@ def token_features(loaded, paths: list[str], batch: int = 32) -> np.ndarray:
     """(n, 2H): mean and max over each image's projected visual tokens. Pooled, so that one probe
     finds a small object in whichever token it lands."""
     model = loaded.model
-    preprocess = ImagePreprocessor(loaded.image_processor, model.config.get("image_aspect_ratio") or "resize")
+    preprocess = ImagePreprocessor.from_checkpoint(loaded.path)   # the engine's own rule
     out = []
     for start in range(0, len(paths), batch):
         pixels = preprocess([read_chip(p) for p in paths[start:start + batch]]).to(loaded.device, loaded.dtype)
