@@ -12,14 +12,9 @@ asks a question and grabs the main window. Without --model the engine's default 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 INSIDE = "UNIRS_SCREENSHOT_WORKDIR"   # set for the copy of this file QGIS runs
@@ -63,43 +58,22 @@ def main() -> int:
     plugins.mkdir()
     (plugins / PLUGIN_NAME).symlink_to(REPO, target_is_directory=True)
     env = {**os.environ, INSIDE: str(workdir), "UNIRS_SCREENSHOT_OUT": str(Path(args.out).resolve()),
-           "UNIRS_SCREENSHOT_REPO": str(REPO), "QT_QPA_PLATFORM": "xcb",
-           "QGIS_PLUGINPATH": str(plugins)}
+           "UNIRS_SCREENSHOT_REPO": str(REPO), "QGIS_PLUGINPATH": str(plugins)}
     if args.model:
         env["UNIRS_MODEL"] = str(Path(args.model).resolve())
-    command = ["xvfb-run", "-a", "-s", f"-screen 0 {WINDOW[0] + 100}x{WINDOW[1] + 60}x24",
-               "qgis.bin", "--noversioncheck", "--nologo", "--profiles-path", str(workdir / "profiles"),
-               "--code", str(Path(__file__).resolve())]
-    qgis = subprocess.Popen(command, env=env, start_new_session=True)
-    try:
-        qgis.wait(TIMEOUT_S + 120)
-    except subprocess.TimeoutExpired:   # stop xvfb-run, Xvfb and QGIS together
-        os.killpg(qgis.pid, signal.SIGTERM)
-        qgis.wait()
-    report = workdir / "report.json"
-    if not report.is_file():
-        print(f"QGIS exited without a report; see the output above (workdir {workdir})", file=sys.stderr)
-        return 1
-    status = json.loads(report.read_text())
-    print(json.dumps(status, indent=2))
-    if not status.get("ok"):
-        print(f"failed; the work folder is kept: {workdir}", file=sys.stderr)
-        return 1
-    shutil.rmtree(workdir)
-    return 0
+    return run_qgis_desktop(Path(__file__).resolve(), workdir, env, WINDOW, TIMEOUT_S)
 
 
 # --- inside: runs in the QGIS desktop's Python (qgis.bin --code) ------------------------------------
 def run_inside_qgis(workdir: Path) -> None:
     import qgis.utils
-    from qgis.core import QgsApplication, QgsProject, QgsRectangle
+    from qgis.core import QgsRectangle
     from qgis.PyQt.QtCore import QTimer
     from qgis.utils import iface
 
     # the plugin is loaded the way QGIS loads it: from QGIS_PLUGINPATH, via classFactory
     if not (qgis.utils.loadPlugin(PLUGIN_NAME) and qgis.utils.startPlugin(PLUGIN_NAME)):
-        (workdir / "report.json").write_text(json.dumps({"ok": False, "errors": ["plugin failed"]}))
-        return QgsApplication.exit(1)
+        return qgis_desktop.finish(workdir, {"ok": False, "errors": ["the plugin did not start"]})
     plugin = qgis.utils.plugins[PLUGIN_NAME]
     from unirs_qgis.settings import PluginSettings   # importable once the plugin started
 
@@ -125,9 +99,7 @@ def run_inside_qgis(workdir: Path) -> None:
 
     def finish(ok: bool) -> None:
         status["ok"] = ok
-        (workdir / "report.json").write_text(json.dumps(status))
-        QgsProject.instance().clear()   # QGIS 3.22 crashes removing layers during its own exit
-        QgsApplication.exit(0)
+        qgis_desktop.finish(workdir, status)
 
     def grab() -> None:
         out = Path(os.environ["UNIRS_SCREENSHOT_OUT"])
@@ -165,13 +137,11 @@ def run_inside_qgis(workdir: Path) -> None:
 
 
 if os.environ.get(INSIDE):
-    try:
-        run_inside_qgis(Path(os.environ[INSIDE]))
-    except Exception:   # report and quit: an error dialog would keep a headless QGIS waiting forever
-        Path(os.environ[INSIDE], "report.json").write_text(
-            json.dumps({"ok": False, "errors": [traceback.format_exc()]}))
-        from qgis.core import QgsApplication
+    sys.path.insert(0, str(REPO / "scripts"))
+    import qgis_desktop
 
-        QgsApplication.exit(1)
+    qgis_desktop.guarded(run_inside_qgis, Path(os.environ[INSIDE]))
 elif __name__ == "__main__":
+    from qgis_desktop import run_qgis_desktop
+
     sys.exit(main())

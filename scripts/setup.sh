@@ -31,14 +31,13 @@ fi
 /usr/bin/python3 -c "import numpy; print(f'numpy=={numpy.__version__}')" > "$constraints"
 
 stamp=.venv/.unirs-installed
-want="$(sha256sum pyproject.toml | cut -c1-16)"
+want="$(cat pyproject.toml unirs_engine/requirements/*.txt | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[setup] pip install (torch CPU wheel when no CUDA build is present)"
+  echo "[setup] pip install (the engine's requirements from unirs_engine/requirements/, all extras)"
   log=.venv/pip.log
   pip_install() { .venv/bin/pip install -q --disable-pip-version-check -c "$constraints" "$@" >>"$log" 2>&1 \
     || { grep -v "is ignored" "$log" | tail -20 >&2; echo "[setup] pip install $* failed" >&2; exit 1; }; }
-  pip_install "torch==2.13.0"
-  pip_install -e ".[test]"
+  pip_install -e ".[eval,train,test]"
   .venv/bin/python -c "import torch, transformers, rasterio, av, qgis.core" \
     || { echo "[setup] the venv is incomplete" >&2; exit 1; }
   echo "$want" > "$stamp"

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def unirs_home(tmp_path_factory) -> Path:
+    """Per-user data (managed engine environment, worker logs) in a temp folder, never the tester's."""
+    home = tmp_path_factory.mktemp("unirs-home")
+    os.environ["UNIRS_HOME"] = str(home)
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ class UniRSPlugin:
         self.iface = iface
         self.provider: UniRSProvider | None = None
         self.action: QAction | None = None
+        self.menu_actions: list[QAction] = []   # in Raster ▸ UniRS besides the panel toggle
         self.dock = None
 
     def initProcessing(self) -> None:  # noqa: N802 (QGIS hook)
@@ -36,6 +37,15 @@ class UniRSPlugin:
         self.action.toggled.connect(self.show_dock)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.iface.addToolBarIcon(self.action)
+        for text, tip, slot in (
+                ("Set up engine…", "Install or update the engine's Python environment (torch, transformers, "
+                                   "rasterio…) in your user data folder", self.set_up_engine),
+                ("Settings…", "Model, engine Python, device; Test engine", self.open_settings)):
+            action = QAction(text, self.iface.mainWindow())
+            action.setToolTip(tip)
+            action.triggered.connect(slot)
+            self.iface.addPluginToRasterMenu(MENU, action)
+            self.menu_actions.append(action)
 
     def show_dock(self, visible: bool = True) -> None:
         """Create the dock on first use (keeps plugin start-up cheap), then show/hide it."""
@@ -47,12 +57,24 @@ class UniRSPlugin:
             self.dock.visibilityChanged.connect(self.action.setChecked)
         self.dock.setVisible(visible)
 
+    def set_up_engine(self) -> None:
+        """Open the panel and run the setup there (its banner shows progress and Cancel)."""
+        self.show_dock(True)
+        self.dock.engine_banner.start_setup()
+
+    def open_settings(self) -> None:
+        self.show_dock(True)
+        self.dock.open_settings()
+
     def unload(self) -> None:
         if self.dock is not None:
             self.dock.cancel()  # a running task must not outlive the widgets it reports to
             self.iface.removeDockWidget(self.dock)
             self.dock.deleteLater()
             self.dock = None
+        for action in self.menu_actions:
+            self.iface.removePluginRasterMenu(MENU, action)
+        self.menu_actions.clear()
         if self.action is not None:
             self.iface.removePluginRasterMenu(MENU, self.action)
             self.iface.removeToolBarIcon(self.action)

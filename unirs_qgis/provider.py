@@ -10,6 +10,7 @@ from unirs_qgis.algorithms.ask import AskAlgorithm
 from unirs_qgis.algorithms.classify_sequence import ClassifySequenceAlgorithm
 from unirs_qgis.algorithms.describe_change import DescribeChangeAlgorithm
 from unirs_qgis.algorithms.review_changes import ReviewChangesAlgorithm
+from unirs_qgis.algorithms.setup_engine import SetupEngineAlgorithm
 
 
 class UniRSProvider(QgsProcessingProvider):
@@ -30,5 +31,5 @@ class UniRSProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: N802
         for algorithm in (AskAlgorithm(), DescribeChangeAlgorithm(), ClassifySequenceAlgorithm(),
-                          ReviewChangesAlgorithm()):
+                          ReviewChangesAlgorithm(), SetupEngineAlgorithm()):
             self.addAlgorithm(algorithm)

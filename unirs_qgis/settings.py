@@ -17,11 +17,12 @@ ANSWERS_FILE = "unirs_answers.gpkg"
 @dataclass
 class PluginSettings:
     model_dir: str = ""          # "" = the default model (env UNIRS_MODEL, else the embedded demo)
-    python: str = ""             # worker interpreter; "" = env UNIRS_ENGINE_PYTHON, else the repo venv
+    python: str = ""             # worker interpreter; "" = UNIRS_ENGINE_PYTHON, else the managed environment
     device: str = "auto"         # "auto" | "cpu" | "cuda"
     mode: str = "subprocess"     # "subprocess" | "inprocess"
     clue: bool = False           # ask the base VLM for a clue first
     answers_gpkg: str = ""       # "" = <project dir or home>/unirs_answers.gpkg
+    torch_index_url: str = ""    # where the engine setup takes torch from ("" = automatic)
 
     @classmethod
     def load(cls) -> PluginSettings:

@@ -23,8 +23,9 @@ import pytest
 
 from unirs_engine.testing.rasters import UTM33, ORIGIN, RES, pattern, write_pair, write_raster, write_video
 from unirs_engine.worker import protocol
-from unirs_engine.worker.client import (EngineClientError, InProcessClient, RequestCancelled, SubprocessClient,
-                                        WorkerDied, clean_env, make_client)
+from unirs_engine.runtime.environment import clean_env
+from unirs_engine.worker.client import (EngineClientError, EngineUnavailable, InProcessClient, RequestCancelled,
+                                        SubprocessClient, WorkerDied, make_client)
 from unirs_engine.worker.server import Worker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -293,7 +294,7 @@ def test_close_stops_the_worker(worker_client):
 
 def test_a_model_that_cannot_load_is_a_clear_error(tmp_path):
     client = make_client("subprocess", model_dir=tmp_path / "no-model", python=PYTHON, log_path=tmp_path / "w.log")
-    with pytest.raises(WorkerDied, match=r"could not start \(code 2\): could not load the model: .*no-model"):
+    with pytest.raises(EngineUnavailable, match=r"^the UniRS engine could not start: could not load the model: .*no-model"):
         client.info()
     client.close()
 
@@ -303,10 +304,12 @@ def test_a_python_without_the_engine_or_no_python_at_all_is_a_clear_error(tmp_pa
     if subprocess.run([no_torch, "-c", "import torch"], capture_output=True).returncode == 0:
         pytest.skip(f"{no_torch} has torch")
     client = make_client("subprocess", python=no_torch, log_path=tmp_path / "w.log")
-    with pytest.raises(WorkerDied, match=r"cannot import the UniRS engine with /usr/bin/python3 .*torch"):
+    with pytest.raises(EngineUnavailable, match=r"Python \(/usr/bin/python3\) has no module 'torch': set up the "
+                                                r"engine: Raster ▸ UniRS ▸ Set up engine… \(headless: qgis_process.bin "
+                                                r"run unirs:setup_engine\); or, .* -m pip install torch$"):
         client.info()
     client = make_client("subprocess", python=str(tmp_path / "nowhere" / "python"))
-    with pytest.raises(EngineClientError, match=r"cannot start the UniRS worker with .*nowhere/python"):
+    with pytest.raises(EngineUnavailable, match=r"the engine Python named by the Worker Python setting does not exist: .*nowhere/python"):
         client.info()
 
 

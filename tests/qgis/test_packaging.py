@@ -29,7 +29,8 @@ def test_zip_layout_and_metadata(plugin_zip):
     assert pb_tool_config()["plugin"]["name"] == "unirs"
     for required in ("unirs/__init__.py", "unirs/LICENSE", "unirs/unirs_qgis/provider.py",
                      "unirs/unirs_qgis/algorithms/ask.py", "unirs/unirs_engine/worker/__init__.py",
-                     "unirs/unirs_engine/engine.py", "unirs/unirs_qgis/icons/unirs.svg"):
+                     "unirs/unirs_engine/engine.py", "unirs/unirs_qgis/icons/unirs.svg",
+                     "unirs/unirs_engine/requirements/runtime.txt", "unirs/unirs_engine/runtime/installer.py"):
         assert required in names
     assert not any(n.startswith(("unirs/tests/", "unirs/.venv/", "unirs/unirs.egg-info/")) for n in names)
     general = meta["general"]
@@ -72,7 +73,7 @@ def test_validator_rejects_what_the_repository_rejects(plugin_zip, tmp_path):
 
 def test_unzipped_plugin_loads_in_a_fresh_qgis_python(plugin_zip, tmp_path):
     """Outside this venv (Debian's python3 + QGIS), as QGIS does: import the folder as package
-    `unirs`, classFactory(None), initProcessing(); the provider lists the three algorithms."""
+    `unirs`, classFactory(None), initProcessing(); the provider lists the algorithms."""
     with zipfile.ZipFile(plugin_zip) as zf:
         zf.extractall(tmp_path / "plugins")
     script = (
@@ -93,4 +94,4 @@ def test_unzipped_plugin_loads_in_a_fresh_qgis_python(plugin_zip, tmp_path):
     out = subprocess.run(["/usr/bin/python3", "-c", script, str(tmp_path / "plugins")], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "['unirs:ask', 'unirs:classify_sequence', 'unirs:describe_change', 'unirs:review_changes']" in out.stdout
+    assert "['unirs:ask', 'unirs:classify_sequence', 'unirs:describe_change', 'unirs:review_changes', 'unirs:setup_engine']" in out.stdout

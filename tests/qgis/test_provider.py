@@ -24,6 +24,7 @@ ALGORITHMS = {
     "unirs:review_changes": ("Review changes between dated mosaics",
                              ["BEFORE", "AFTER", "DATE_BEFORE", "DATE_AFTER", "TILE_SIZE", "TILE_UNITS", "OVERLAP",
                               "CRS", "RESOLUTION", "THRESHOLD", "CAPTION_ALL", "MAX_TILES", "OUTPUT"]),
+    "unirs:setup_engine": ("Set up the UniRS engine", ["CHECK_ONLY", "FORCE", "TORCH_INDEX_URL"]),
 }
 
 
@@ -34,7 +35,7 @@ def default_settings():
     PluginSettings().save()
 
 
-def test_provider_lists_the_four_algorithms(unirs_provider):
+def test_provider_lists_the_algorithms(unirs_provider):
     registry = QgsApplication.processingRegistry()
     assert registry.providerById("unirs") is unirs_provider
     assert unirs_provider.defaultVectorFileExtension(True) == "gpkg"
@@ -42,7 +43,8 @@ def test_provider_lists_the_four_algorithms(unirs_provider):
     assert {a.id() for a in unirs_provider.algorithms()} == set(ALGORITHMS)
     for alg_id, (title, params) in ALGORITHMS.items():
         alg = registry.algorithmById(alg_id)
-        assert alg.displayName() == title and alg.group() == "Vision-language"
+        assert alg.displayName() == title
+        assert alg.group() == ("Engine" if alg_id == "unirs:setup_engine" else "Vision-language")
         assert [p.name() for p in alg.parameterDefinitions()] == params
         assert alg.shortHelpString() and not alg.icon().isNull()
         assert type(alg.createInstance()) is type(alg)
@@ -82,7 +84,8 @@ def test_plugin_gui_lifecycle(qgis_iface, processing_ready, engine_env, monkeypa
     plugin.initGui()  # calls initProcessing again: still one provider
     assert registry.providerById("unirs") is plugin.provider
     assert len([p for p in registry.providers() if p.id() == "unirs"]) == 1
-    assert plugin.action.isCheckable() and plugin.action.text() == "UniRS" and menu == [plugin.action]
+    assert plugin.action.isCheckable() and plugin.action.text() == "UniRS"
+    assert [a.text() for a in menu] == ["UniRS", "Set up engine…", "Settings…"] and menu[0] is plugin.action
     try:
         import unirs_qgis.dock.widget  # noqa: F401  (the dock is another engineer's module)
     except ImportError:
@@ -102,7 +105,8 @@ def test_plugin_gui_lifecycle(qgis_iface, processing_ready, engine_env, monkeypa
 
 def test_settings_round_trip_and_validation(default_settings):
     saved = PluginSettings(model_dir="/models/unirs", python="/opt/py/bin/python", device="cpu",
-                           mode="inprocess", clue=True, answers_gpkg="/data/a.gpkg")
+                           mode="inprocess", clue=True, answers_gpkg="/data/a.gpkg",
+                           torch_index_url="https://mirror.example/torch")
     saved.save()
     assert PluginSettings.load() == saved
     with pytest.raises(ValueError, match="device must be one of"):

@@ -1,7 +1,21 @@
-"""`python -m unirs_engine.worker --model DIR [--device D] [--clue-model DIR] [--heartbeat S]`."""
+"""`python -m unirs_engine.worker --model DIR [--device D] [--clue-model DIR] [--heartbeat S]` serves
+the protocol; `python -m unirs_engine.worker --check [--model DIR] [--device D] [--json]` tests that
+this Python runs the engine end to end (runtime/check.py) and exits."""
 
+import argparse
 import sys
 
-from .server import main
+if "--check" in sys.argv[1:]:
+    parser = argparse.ArgumentParser(prog="python -m unirs_engine.worker --check")
+    parser.add_argument("--check", action="store_true", required=True)
+    parser.add_argument("--model", default=None, help="checkpoint directory (default: UNIRS_MODEL, else the demo model)")
+    parser.add_argument("--device", default=None, help='"cpu", "cuda", "cuda:0" (default: CUDA if present)')
+    parser.add_argument("--json", action="store_true", help="one machine-readable report line")
+    args = parser.parse_args()
+    from ..runtime.check import main as check_main
+
+    sys.exit(check_main(args.model, args.device, args.json))
+
+from .server import main  # noqa: E402 (the check must not take over stdout as the server does)
 
 sys.exit(main())

@@ -1,20 +1,20 @@
 """The one thing the QGIS plugin uses to reach the engine: a blocking, thread-safe client.
 
-SubprocessClient talks JSON lines (protocol.py) to `python -m unirs_engine.worker`, started lazily in
-a clean environment and restarted after a crash; InProcessClient runs the same op handlers on an
-Engine in this process. Both return Result.to_dict() as plain JSON types and raise the same errors.
+SubprocessClient talks JSON lines (protocol.py) to `python -m unirs_engine.worker`, started lazily with
+the Python that runtime/environment.py resolves, in a clean environment, and restarted after a crash;
+InProcessClient runs the same op handlers on an Engine in this process. Both return Result.to_dict() as plain JSON types and raise the same errors.
 Importing this module imports no torch (QGIS imports it).
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import itertools
 import json
 import logging
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -25,14 +25,13 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..runtime import requirements
+from ..runtime.environment import EngineNotSetUp, clean_env, resolve_engine_python
+from ..runtime.paths import cache_dir
 from . import protocol
 
 log = logging.getLogger("unirs.client")
 
-PLUGIN_ROOT = Path(__file__).resolve().parents[2]  # holds unirs_engine/ (the deployed plugin folder)
-# Variables of the QGIS process that would make the worker's python load QGIS's libraries or data.
-DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PROJ_LIB", "PROJ_DATA", "GDAL_DATA",
-               "GDAL_DRIVER_PATH")
 POLL_S = 0.1  # how often a waiting call looks at is_cancelled()
 
 OnProgress = Callable[[float, str], None]
@@ -53,6 +52,10 @@ class WorkerDied(EngineClientError):
 
 class RequestCancelled(EngineClientError):
     """is_cancelled() turned True; nothing was answered."""
+
+
+class EngineUnavailable(EngineClientError):
+    """No Python can run the engine here (not set up, or missing modules); str() says how to fix it."""
 
 
 # ---- the shared interface ---------------------------------------------------------------------------
@@ -124,35 +127,6 @@ def _stop_error(reason: str, op: str, timeout: float | None) -> EngineClientErro
 
 
 # ---- the local worker process ---------------------------------------------------------------------
-
-def default_python() -> str:
-    """env UNIRS_ENGINE_PYTHON, else the repo's .venv python, else this python."""
-    if os.environ.get("UNIRS_ENGINE_PYTHON"):
-        return os.environ["UNIRS_ENGINE_PYTHON"]
-    venv = PLUGIN_ROOT / ".venv" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-    if venv.exists():
-        return str(venv)
-    if Path(sys.executable).name.lower().startswith("python"):
-        return sys.executable
-    # Inside QGIS sys.executable can be the qgis binary itself.
-    return shutil.which("python3") or shutil.which("python") or sys.executable
-
-
-def cache_dir() -> Path:
-    """Where the worker runs (cwd) and logs: ~/.cache/unirs (LOCALAPPDATA/unirs on Windows)."""
-    base = os.environ.get("LOCALAPPDATA") if os.name == "nt" else os.environ.get("XDG_CACHE_HOME")
-    path = Path(base or Path.home() / ".cache") / "unirs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def clean_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """`base` (default os.environ) without QGIS's python/GDAL/PROJ settings; unirs_engine importable."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if k not in DROPPED_ENV and not k.startswith("QGIS_")}
-    env.update(PYTHONPATH=str(PLUGIN_ROOT), PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
-    return env
-
 
 _EOF = object()  # put on the message queue when the worker's stdout closes
 
@@ -279,12 +253,13 @@ class SubprocessClient(EngineClient):
                  log_path: str | os.PathLike | None = None, heartbeat_s: float = 5.0,
                  startup_timeout: float = 900.0, inactivity_timeout: float = 120.0,
                  cancel_grace: float = 10.0):
-        self.python = str(python or default_python())
+        self._python_setting = str(python) if python else None  # None: resolved at each worker start
+        self.python = self._python_setting or ""                 # the one that runs (set at start)
         self.log_path = Path(log_path) if log_path else cache_dir() / "worker.log"
-        self.command = [self.python, "-u", "-m", "unirs_engine.worker", "--heartbeat", f"{heartbeat_s:g}"]
+        self._worker_args = ["-u", "-m", "unirs_engine.worker", "--heartbeat", f"{heartbeat_s:g}"]
         for flag, value in (("--model", model_dir), ("--device", device), ("--clue-model", clue_model_dir)):
             if value:
-                self.command += [flag, os.fspath(value)]
+                self._worker_args += [flag, os.fspath(value)]
         self.startup_timeout = startup_timeout        # silence allowed before "ready" (model load)
         self.inactivity_timeout = inactivity_timeout  # silence allowed after: heartbeats reset it
         self.cancel_grace = cancel_grace              # wait for "cancelled" before killing the worker
@@ -311,13 +286,25 @@ class SubprocessClient(EngineClient):
                 self._discard(worker)
                 worker = None
             if worker is None:
+                command = self._command()
                 if on_progress:
                     on_progress(0.0, "starting the UniRS worker (loading the model)")
-                worker = self._worker = _WorkerProcess(self.command, self.log_path)
+                worker = self._worker = _WorkerProcess(command, self.log_path)
             if not worker.greeted:
                 self._exchange(worker, "hello", {"protocol": protocol.PROTOCOL_VERSION}, None, is_cancelled, None)
                 worker.greeted = True
             return self._exchange(worker, op, params, on_progress, is_cancelled, timeout)
+
+    def _command(self) -> list[str]:
+        """The worker's command line, with the engine's Python resolved now (a setup may have just
+        made a managed environment current)."""
+        try:
+            found = resolve_engine_python(self._python_setting)
+        except EngineNotSetUp as exc:
+            raise EngineUnavailable(str(exc)) from None
+        self.python = found.python
+        log.info("starting the UniRS worker with %s", found.describe())
+        return [found.python, *self._worker_args]
 
     def close(self) -> None:
         # No request lock: closing must not wait for an answer in flight (plugin unload).
@@ -406,7 +393,7 @@ class SubprocessClient(EngineClient):
         if worker.stopped_by_client:
             return EngineClientError(f"the UniRS worker was stopped while answering '{op}'")
         if worker.startup_error:
-            return WorkerDied(f"UniRS worker could not start ({_describe_exit(code)}): {worker.startup_error}")
+            return EngineUnavailable(f"the UniRS engine could not start: {worker.startup_error}")
         doing = f"answering '{op}'" if worker.ready else "starting"
         detail = worker.stderr_tail() or f"no output (log: {self.log_path})"
         return WorkerDied(f"UniRS worker exited ({_describe_exit(code)}) while {doing}: {detail}")
@@ -471,6 +458,12 @@ class InProcessClient(EngineClient):
 
     def _loaded(self, on_progress: OnProgress | None):
         if self._engine is None:
+            missing = [m for m in requirements.modules() if importlib.util.find_spec(m.split(".")[0]) is None]
+            if missing:
+                raise EngineUnavailable(
+                    f"in-process mode needs torch and the engine's other modules in QGIS's own Python "
+                    f"({sys.executable}), which lacks '{missing[0]}': set Engine mode to subprocess in the "
+                    f"UniRS settings (it uses the managed engine environment; {requirements.SETUP_HINT})")
             if on_progress:
                 on_progress(0.0, "loading the model")
             from ..engine import Engine

@@ -277,8 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from ..engine import Engine  # after taking stdout: torch/transformers may print on import
     except ImportError as exc:
-        return _fail(worker, exc, f"cannot import the UniRS engine with {sys.executable} ({exc}): "
-                                  "choose a python with torch and transformers installed")
+        from ..runtime.environment import is_managed_python
+        from ..runtime.requirements import missing_module_message
+
+        return _fail(worker, exc, missing_module_message(exc.name or str(exc), sys.executable,
+                                                         is_managed_python(sys.executable)))
     try:
         engine = Engine.load(args.model, device=args.device, clue_model_dir=args.clue_model)
     except Exception as exc:

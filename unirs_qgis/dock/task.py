@@ -16,6 +16,8 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsMessageLog, QgsPro
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import pyqtSignal
 
+from unirs_engine.worker.client import EngineClientError
+
 from .. import annotations, engine_link
 from ..layer_source import LayerReadError, raster_path_for_engine
 from ..settings import PluginSettings
@@ -81,8 +83,10 @@ class EngineTask(QgsTask):
             if self.isCanceled():
                 return False
             self.error = str(exc) or type(exc).__name__
-            if not isinstance(exc, LayerReadError):
-                QgsMessageLog.logMessage(traceback.format_exc(), "UniRS", Qgis.Warning)
+            if isinstance(exc, (LayerReadError, EngineClientError)):  # a user-facing message: one line
+                QgsMessageLog.logMessage(self.error, "UniRS", Qgis.Warning)
+            else:  # a bug: its traceback is what a report needs
+                QgsMessageLog.logMessage(traceback.format_exc(), "UniRS", Qgis.Critical)
             return False
         finally:
             for path in temporary:

@@ -15,6 +15,7 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QFormLayout, QHBo
 from ..annotations import answers_of
 from ..dates import layer_date, order_by_date
 from ..settings import PluginSettings
+from .engine_banner import EngineBanner
 from .history import AnswerHistoryModel
 from .review_panel import ReviewPanel
 from .settings_dialog import SettingsDialog
@@ -48,11 +49,14 @@ class UniRSDockWidget(QgsDockWidget):
         self._connect()
         self.refresh_layers()
         self._set_busy(False)
+        self.engine_banner.refresh()
 
     # --- construction --------------------------------------------------------------------------
     def _build(self) -> None:
         body = QWidget()
         layout = QVBoxLayout(body)
+        self.engine_banner = EngineBanner()
+        layout.addWidget(self.engine_banner)
 
         top = QHBoxLayout()
         self.engine_label = QLabel(IDLE_ENGINE_TEXT)
@@ -204,6 +208,7 @@ class UniRSDockWidget(QgsDockWidget):
         dialog = SettingsDialog(before, self)
         if dialog.exec_() and _engine_key(dialog.settings()) != _engine_key(before):
             self.engine_label.setText(IDLE_ENGINE_TEXT)   # another engine answers the next question
+        self.engine_banner.refresh()
 
     def warn(self, text: str) -> None:
         """Show `text` in the QGIS message bar and in the dock."""
@@ -259,6 +264,7 @@ class UniRSDockWidget(QgsDockWidget):
             self.engine_label.setText(f"Engine: {task.engine_text}")
         if task.error:
             self.warn(task.error)
+            self.engine_banner.refresh()   # e.g. the engine is not set up: the banner offers the fix
         elif task.record is not None:
             self.status_label.setText(f"{task.record['question']}\n→ {task.record['answer']}")
             self.refresh_history()
