@@ -1,4 +1,5 @@
-"""Print a change review GeoPackage (best tiles first) and score it against the mosaics' ground truth.
+"""Print a change review GeoPackage (best tiles first) and score it against the mosaics' ground truth:
+the review's "changed" (score at or above its threshold), and for comparison what the captions say.
 
     python scripts/demo_report.py REVIEW.gpkg CHANGES.json [--top 8]
 """
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     tiles = []
     for feat in layer:
         centre = feat.GetGeometryRef().Centroid()   # in the review grid CRS = the before CRS here
-        tiles.append({"score": feat["score"], "changed": bool(feat["changed"]), "caption": feat["caption"],
+        tiles.append({"score": feat["score"], "changed": bool(feat["score_above_threshold"]),
+                      "caption_says": feat["caption_says_change"], "caption": feat["caption"],
                       "truth": truth_tile(truth, centre.GetX(), centre.GetY())})
     if not tiles:
         print(f"{args.gpkg}: no reviewed tiles", file=sys.stderr)
@@ -47,13 +49,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  tile {t['truth']}  score {t['score']:.3g}  {t['caption']!r}")
         print(f"      ground truth: {real['captions'][0]!r}" if real else "      ground truth: unchanged")
 
-    hits = sum(t["changed"] and t["truth"] in changed_truth for t in tiles)
-    predicted = sum(t["changed"] for t in tiles)
-    actual = sum(t["truth"] in changed_truth for t in tiles)
-    right = sum(t["changed"] == (t["truth"] in changed_truth) for t in tiles)
-    print(f"\nagainst the ground truth: {right}/{len(tiles)} tiles decided right, "
-          f"precision {hits / max(predicted, 1):.2f}, recall {hits / max(actual, 1):.2f}")
+    print(f"\nagainst the ground truth: {scored(tiles, changed_truth, 'changed')}")
+    captioned = [t for t in tiles if t["caption_says"] is not None]
+    if captioned:
+        print(f"what the captions say, on the {len(captioned)} captioned tiles: "
+              f"{scored(captioned, changed_truth, 'caption_says')}")
     return 0
+
+
+def scored(tiles: list[dict], changed_truth: dict, key: str) -> str:
+    """Tiles decided right, precision and recall of the decision in tile[key]."""
+    hits = sum(bool(t[key]) and t["truth"] in changed_truth for t in tiles)
+    predicted = sum(bool(t[key]) for t in tiles)
+    actual = sum(t["truth"] in changed_truth for t in tiles)
+    right = sum(bool(t[key]) == (t["truth"] in changed_truth) for t in tiles)
+    return (f"{right}/{len(tiles)} tiles decided right, precision {hits / max(predicted, 1):.2f}, "
+            f"recall {hits / max(actual, 1):.2f}")
 
 
 if __name__ == "__main__":

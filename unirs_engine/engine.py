@@ -244,10 +244,15 @@ class Engine:
 
     @property
     def change_threshold(self) -> float:
-        """The change-score threshold calibrated for this model (its config.json), else the default."""
-        from .review.calibrate import stored_threshold
+        """The change-score threshold for this model's reviews (review/calibrate.py: the user's, the
+        checkpoint's, else the default)."""
+        return self.change_threshold_with_source[0]
 
-        return stored_threshold(self.model.model.config)
+    @property
+    def change_threshold_with_source(self) -> tuple[float, str]:
+        from .review.calibrate import model_threshold
+
+        return model_threshold(self.model.model_id, self.model.model.config)
 
     def change_scores(self, pairs: Sequence[tuple[Chip, Chip]]) -> list[float]:
         """Cheap change scores of aligned pairs from the Change Extraction module (no text), in one

@@ -1,5 +1,10 @@
-"""How a change-review GeoPackage looks: tiles graduated by score, captions of changed tiles as
-labels, the analyst's verdict drawn on top (confirmed = solid dark outline, rejected = grey hatch).
+"""How a change-review GeoPackage looks. Changed tiles (score at or above the review's threshold, the
+one rule of unirs_engine/review/schema.py) are drawn as coloured outlines with a faint fill the
+analyst can switch off, graduated by score in classes fitted to the run's own scores; unchanged
+tiles only as a hairline. Captions of changed tiles are labels, marked ⚠ where the caption says
+otherwise. The analyst's verdict is drawn on top (confirmed = dark outline, rejected = grey hatch).
+The tile under review is highlighted by the Review tab itself (an outline on the canvas), never by
+selection, which would fill it and hide the imagery.
 
 The style is also saved into the GeoPackage as its default style, so the file opens styled in any
 QGIS, and re-applied by a Processing layer post-processor when the algorithm's output is loaded.
@@ -7,14 +12,19 @@ QGIS, and re-applied by a Processing layer post-processor when the algorithm's o
 
 from __future__ import annotations
 
-from qgis.core import (QgsFillSymbol, QgsGraduatedSymbolRenderer, QgsPalLayerSettings,
+import os
+
+from qgis.core import (QgsFeatureRequest, QgsFillSymbol, QgsGraduatedSymbolRenderer, QgsPalLayerSettings,
                        QgsProcessingLayerPostProcessorInterface, QgsProperty, QgsRendererRange,
                        QgsSymbolLayer, QgsTextBufferSettings, QgsTextFormat, QgsVectorLayer,
                        QgsVectorLayerSimpleLabeling)
 from qgis.PyQt.QtGui import QColor
 
+from unirs_engine.review.schema import CAPTION_CHANGED, CHANGED
+
 STYLE_NAME = "unirs review"
-MAX_SCORE = 2.0  # score = 1 - mean cosine similarity, so it never exceeds 2
+MAX_SCORE = 2.0     # score = 1 - mean cosine similarity, so it never exceeds 2
+FAINT_FILL = 45     # alpha of a changed tile's fill (0-255): the imagery stays readable through it
 # Changed tiles: yellow -> orange -> red as the score grows.
 CHANGED_COLOURS = ("#fecc5c", "#fd8d3c", "#e31a1c")
 # Verdict drawn through data-defined overrides; NULL falls back to the range's own symbol.
@@ -24,15 +34,16 @@ VERDICT_STROKE_COLOUR = ("CASE WHEN \"verdict\" = 'confirmed' THEN '#08306b' "
                          "WHEN \"verdict\" = 'rejected' THEN '#7f7f7f' END")
 VERDICT_STROKE_WIDTH = "CASE WHEN \"verdict\" = 'confirmed' THEN 0.8 END"
 VERDICT_STROKE_STYLE = "CASE WHEN \"verdict\" = 'rejected' THEN 'dash' END"
-# Only changed tiles are labelled (with caption_all every tile has a caption).
-LABEL_EXPRESSION = "CASE WHEN \"changed\" THEN wordwrap(\"caption\", 32) END"
+# Only changed tiles are labelled; ⚠ where the caption's own statement disagrees.
+LABEL_EXPRESSION = (f"CASE WHEN \"{CHANGED}\" THEN concat(CASE WHEN \"{CAPTION_CHANGED}\" = 0 THEN '⚠ ' END, "
+                    "wordwrap(\"caption\", 32)) END")
 
 
-def _tile_symbol(fill: str, alpha: int, outline: str) -> QgsFillSymbol:
-    symbol = QgsFillSymbol.createSimple({"outline_color": outline, "outline_width": "0.26"})
-    colour = QColor(fill)
-    colour.setAlpha(alpha)
-    symbol.setColor(colour)
+def _tile_symbol(colour: str, fill_alpha: int, width: float) -> QgsFillSymbol:
+    symbol = QgsFillSymbol.createSimple({"outline_color": colour, "outline_width": str(width)})
+    fill = QColor(colour)
+    fill.setAlpha(fill_alpha)
+    symbol.symbolLayer(0).setFillColor(fill)
     layer = symbol.symbolLayer(0)
     for key, expression in ((QgsSymbolLayer.PropertyFillStyle, REJECTED_FILL_STYLE),
                             (QgsSymbolLayer.PropertyFillColor, REJECTED_FILL_COLOUR),
@@ -43,16 +54,48 @@ def _tile_symbol(fill: str, alpha: int, outline: str) -> QgsFillSymbol:
     return symbol
 
 
-def score_renderer(threshold: float) -> QgsGraduatedSymbolRenderer:
-    """Below `threshold`: nearly transparent; above: three classes up to the top score."""
-    step = max(1.0 - threshold, threshold) / 3
-    breaks = [threshold + i * step for i in range(3)] + [MAX_SCORE]
-    ranges = [QgsRendererRange(0.0, threshold, _tile_symbol("#bdbdbd", 25, "#969696"),
-                               f"< {threshold:g} (unchanged)")]
-    for lower, upper, colour in zip(breaks, breaks[1:], CHANGED_COLOURS):
-        label = f"{lower:.2f} – {upper:.2f}" if upper < MAX_SCORE else f">= {lower:.2f}"
-        ranges.append(QgsRendererRange(lower, upper, _tile_symbol(colour, 170, colour), label))
+def class_breaks(threshold: float, scores: list[float]) -> list[float]:
+    """Upper bounds of the changed classes: tertiles of the run's scores at or above the threshold
+    (fewer classes when fewer distinct scores), else threshold x2, x4 when none is above yet."""
+    above = sorted(s for s in scores if s >= threshold)
+    if len(set(above)) < 2:
+        return [threshold * 2, threshold * 4, MAX_SCORE] if threshold > 0 else [MAX_SCORE]
+    cuts = [above[len(above) // 3], above[2 * len(above) // 3]]
+    uppers = sorted({c for c in cuts if threshold < c < above[-1]})
+    return uppers + [MAX_SCORE]
+
+
+def score_renderer(threshold: float, scores: list[float], fill: bool = True) -> QgsGraduatedSymbolRenderer:
+    """Below `threshold`: a grey hairline; above it: classes from class_breaks, each its colour."""
+    ranges = [QgsRendererRange(0.0, threshold, _tile_symbol("#9e9e9e", 0, 0.1), f"< {threshold:.3g} (unchanged)")]
+    uppers = class_breaks(threshold, scores)
+    colours = CHANGED_COLOURS[-len(uppers):]   # one class: red; two: orange, red
+    lower = threshold
+    for upper, colour in zip(uppers, colours):
+        label = f"{lower:.3g} – {upper:.3g}" if upper < MAX_SCORE else f"≥ {lower:.3g}"
+        ranges.append(QgsRendererRange(lower, upper, _tile_symbol(colour, FAINT_FILL if fill else 0, 0.6), label))
+        lower = upper
     return QgsGraduatedSymbolRenderer("score", ranges)
+
+
+def review_threshold(layer: QgsVectorLayer) -> float:
+    """The threshold `layer` is styled with (its first class's upper bound)."""
+    renderer = layer.renderer()
+    return renderer.ranges()[0].upperValue() if isinstance(renderer, QgsGraduatedSymbolRenderer) else 0.0
+
+
+def set_fill(layer: QgsVectorLayer, fill: bool) -> None:
+    """Show or hide the faint fill of the changed tiles (their outlines stay)."""
+    renderer = layer.renderer()
+    if not isinstance(renderer, QgsGraduatedSymbolRenderer):
+        return
+    for index, rng in enumerate(renderer.ranges()[1:], start=1):
+        symbol = rng.symbol().clone()
+        colour = symbol.symbolLayer(0).fillColor()
+        colour.setAlpha(FAINT_FILL if fill else 0)
+        symbol.symbolLayer(0).setFillColor(colour)
+        renderer.updateRangeSymbol(index, symbol)
+    layer.triggerRepaint()
 
 
 def caption_labels() -> QgsVectorLayerSimpleLabeling:
@@ -71,8 +114,11 @@ def caption_labels() -> QgsVectorLayerSimpleLabeling:
 
 
 def style_review_layer(layer: QgsVectorLayer, threshold: float) -> None:
-    """Graduated renderer on "score", caption labels for changed tiles."""
-    layer.setRenderer(score_renderer(threshold))
+    """Graduated outlines on "score" fitted to the layer's scores, caption labels for changed tiles."""
+    request = QgsFeatureRequest().setFlags(QgsFeatureRequest.NoGeometry).setSubsetOfAttributes(["score"],
+                                                                                              layer.fields())
+    scores = [float(f["score"]) for f in layer.getFeatures(request)]
+    layer.setRenderer(score_renderer(threshold, scores))
     layer.setLabeling(caption_labels())
     layer.setLabelsEnabled(True)
     layer.triggerRepaint()
@@ -101,4 +147,10 @@ class ReviewLayerStyler(QgsProcessingLayerPostProcessorInterface):
 
     def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 (QGIS hook)
         if isinstance(layer, QgsVectorLayer):
+            layer.setName(review_layer_name(layer.source()))
             style_review_layer(layer, self.threshold)
+
+
+def review_layer_name(source: str) -> str:
+    """"UniRS review: <file name>", whether opened from the Review tab or loaded by Processing."""
+    return f"UniRS review: {os.path.splitext(os.path.basename(source.split('|')[0]))[0]}"

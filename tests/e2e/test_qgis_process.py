@@ -132,4 +132,4 @@ def test_review_changes_from_the_command_line(qgis_profile, tmp_path):
     layer = QgsVectorLayer(result["OUTPUT"], "review", "ogr")
     assert layer.isValid() and layer.featureCount() == 16 - result["SKIPPED"]
     assert isinstance(layer.renderer(), QgsGraduatedSymbolRenderer) and layer.labelsEnabled()  # saved style
-    assert result["CHANGED"] == sum(1 for f in layer.getFeatures() if f["changed"])
+    assert result["CHANGED"] == sum(1 for f in layer.getFeatures() if f["score_above_threshold"])

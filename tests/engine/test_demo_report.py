@@ -23,3 +23,4 @@ def test_report_lists_changed_tiles_and_scores_them_against_the_truth(tiny_check
     assert proc.returncode == 0, proc.stderr
     assert "4 tiles reviewed, 4 changed" in proc.stdout and "ground truth:" in proc.stdout
     assert "against the ground truth: " in proc.stdout and "/4 tiles decided right" in proc.stdout
+    assert "what the captions say, on the 4 captioned tiles: " in proc.stdout

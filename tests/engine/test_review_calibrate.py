@@ -1,5 +1,6 @@
 """The change-score threshold: picked by balanced accuracy, stored in the checkpoint by
-`unirs calibrate-threshold`, and used by a review that names no threshold."""
+`unirs calibrate-threshold`, or learnt from an analyst's verdicts (`--from-review`) and kept per user;
+used by a review that names no threshold."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from unirs_engine.data.synthetic.mosaic import write_mosaic_pair
 from unirs_engine.data.synthetic.writer import write_benchmark
 from unirs_engine.engine import Engine
 from unirs_engine.inputs.pair import read_pair
-from unirs_engine.review import DEFAULT_THRESHOLD, ReviewError, ReviewJob, run_review
-from unirs_engine.review.calibrate import CONFIG_KEY, best_threshold
+from unirs_engine.review import DEFAULT_THRESHOLD, ReviewError, ReviewJob, run_review, set_verdict
+from unirs_engine.review.calibrate import CONFIG_KEY, USER_THRESHOLDS, best_threshold
 
 
 def test_best_threshold_by_balanced_accuracy():
@@ -66,11 +67,50 @@ def test_calibrated_threshold_is_stored_and_used_by_a_review(tiny_checkpoint, le
     run_review(engine, ReviewJob(str(before), str(after), str(out), tile_size=64))   # no threshold given
     ds = ogr.Open(str(out))
     (record,) = [f.items() for f in ds.GetLayerByName("unirs_review_runs")]
-    assert json.loads(record["job_json"])["threshold"] == pytest.approx(expected)
-    tiles = [(f["score"], f["changed"]) for f in ds.GetLayerByName("changes")]
+    assert json.loads(record["job_json"])["threshold"] == record["threshold"] == pytest.approx(expected)
+    assert record["threshold_source"] == "calibrated in the checkpoint"
+    tiles = [(f["score"], f["score_above_threshold"]) for f in ds.GetLayerByName("changes")]
     assert len(tiles) == 4 and all(changed == (score >= expected) for score, changed in tiles)
 
 
 def test_calibrate_threshold_errors(tiny_checkpoint, tmp_path, capsys):
     assert main(["calibrate-threshold", "--model", str(tiny_checkpoint), "--data", str(tmp_path)]) == 2
     assert "LevirCCcaptions.json" in capsys.readouterr().err
+
+
+def test_recalibrating_from_verdicts_is_kept_per_user_and_used_by_the_next_review(tiny_checkpoint, tmp_path,
+                                                                                   monkeypatch, capsys):
+    monkeypatch.setenv("UNIRS_HOME", str(tmp_path / "home"))   # the user's thresholds, this test's own
+    engine = Engine.load(tiny_checkpoint)
+    before, after = write_mosaic_pair(tmp_path / "mosaics", size=128, tile=32, seed=2)
+    first = tmp_path / "first.gpkg"
+    run_review(engine, ReviewJob(str(before), str(after), str(first), tile_size=32, threshold=0.0))
+    ds = ogr.Open(str(first))
+    ranked = sorted((f["score"], f.GetFID()) for f in ds.GetLayerByName("changes"))
+    del ds
+    assert len(ranked) >= 12
+    for _, fid in ranked[:5]:                    # the analyst rejects the five lowest scores...
+        set_verdict(first, fid, "rejected", by="analyst")
+    assert main(["calibrate-threshold", "--from-review", str(first)]) == 2   # ...not enough yet
+    assert "needs at least 5 confirmed and 5 rejected tiles; first.gpkg has 0 confirmed and 5 rejected" in \
+        capsys.readouterr().err
+    for _, fid in ranked[-5:]:                   # ...and confirms the five highest
+        set_verdict(first, fid, "confirmed", by="analyst")
+
+    assert main(["calibrate-threshold", "--from-review", str(first)]) == 0
+    said = capsys.readouterr().out
+    learnt = (ranked[4][0] + ranked[-5][0]) / 2   # midway between the highest rejected and lowest confirmed
+    assert said.startswith(f"unirs-tiny: threshold 0 -> {learnt:.4g}, balanced accuracy on your verdicts "
+                           "50.0 % -> 100.0 % (5 confirmed, 5 rejected)")
+    stored = json.loads((tmp_path / "home" / USER_THRESHOLDS).read_text())["unirs-tiny"]
+    assert stored["threshold"] == pytest.approx(learnt) and stored["review"] == str(first)
+
+    assert Engine.load(tiny_checkpoint).change_threshold == pytest.approx(learnt)   # wins over the default
+    second = tmp_path / "second.gpkg"
+    summary = run_review(engine, ReviewJob(str(before), str(after), str(second), tile_size=32))
+    assert summary.threshold == pytest.approx(learnt)
+    assert summary.changed == sum(score >= learnt for score, _ in ranked) >= 5
+    ds = ogr.Open(str(second))
+    (record,) = [f.items() for f in ds.GetLayerByName("unirs_review_runs")]
+    assert record["threshold"] == pytest.approx(learnt)
+    assert record["threshold_source"].startswith("your verdicts in first.gpkg (")

@@ -61,18 +61,19 @@ def reference(engine, holed) -> list[tuple]:
 
 
 def _rows(path) -> list[tuple]:
-    """(row, col, score, changed, caption, bounds envelope) of every feature, read with OGR."""
+    """(row, col, score, score_above_threshold, caption_says_change, caption, bounds envelope) of every
+    feature, read with OGR."""
     ds = ogr.Open(str(path))
     layer = ds.GetLayerByName(LAYER)
-    rows = [(f["tile_row"], f["tile_col"], f["score"], f["changed"], f["caption"],
-             f.GetGeometryRef().GetEnvelope()) for f in layer]
+    rows = [(f["tile_row"], f["tile_col"], f["score"], f["score_above_threshold"], f["caption_says_change"],
+             f["caption"], f.GetGeometryRef().GetEnvelope()) for f in layer]
     return rows
 
 
 def _same(got: list[tuple], want: list[tuple]) -> None:
     assert [(r[0], r[1]) for r in got] == [(r[0], r[1]) for r in want]       # same tiles, same order
     np.testing.assert_allclose([r[2] for r in got], [r[2] for r in want], atol=1e-5)
-    assert [r[3:] for r in got] == [r[3:] for r in want]                     # changed, captions, polygons
+    assert [r[3:] for r in got] == [r[3:] for r in want]                     # decisions, captions, polygons
 
 
 def _run_state(path) -> dict:
@@ -192,7 +193,8 @@ def test_output_in_another_crs_and_resolution_is_a_valid_layer_on_the_grid(engin
         index = feat["tile_row"] * plan.cols + feat["tile_col"]
         left, bottom, right, top = plan.bounds(plan.window(index)[2])
         assert feat.GetGeometryRef().GetEnvelope() == (left, right, bottom, top)
-        assert feat["caption"] and feat["changed"] in (0, 1)       # threshold 0: every tile captioned
+        assert feat["caption"] and feat["score_above_threshold"] == 1   # threshold 0: every tile changed...
+        assert feat["caption_says_change"] in (0, 1)                    # ...and captioned
         assert (feat["date_before"], feat["model"]) == ("2019/06/01", "unirs-tiny")
     assert summary.captioned == layer.GetFeatureCount()
 
@@ -201,8 +203,22 @@ def test_below_threshold_tiles_get_no_caption(engine, holed):
     job = _job(holed, "high.gpkg", tile_size=64, threshold=2.0)   # 1 - cosine never reaches 2
     summary = run_review(engine, job)
     rows = _rows(job.out)
-    assert rows and summary.captioned == summary.changed == 0
-    assert all(r[3] == 0 and r[4] is None for r in rows)
+    assert rows and summary.captioned == summary.changed == summary.disagreements == 0
+    assert all(r[3] == 0 and r[4] is None and r[5] is None for r in rows)
+
+
+def test_the_score_decides_changed_and_the_caption_is_kept_beside_it(engine, holed):
+    """The same tiles, captioned alike, once all above the threshold and once all below it (captioned
+    anyway): each tile disagrees in exactly one of the two runs, wherever its caption stands."""
+    above = run_review(engine, _job(holed, "above.gpkg", tile_size=64, threshold=0.0))
+    below = run_review(engine, _job(holed, "below.gpkg", tile_size=64, threshold=2.0, caption_all=True))
+    rows_above, rows_below = _rows(above.out), _rows(below.out)
+    assert [r[4:6] for r in rows_above] == [r[4:6] for r in rows_below]     # same captions, same statements
+    assert all(r[3] == 1 for r in rows_above) and all(r[3] == 0 for r in rows_below)
+    says_change = sum(r[4] for r in rows_above)
+    assert (above.changed, below.changed) == (len(rows_above), 0)
+    assert (above.disagreements, below.disagreements) == (len(rows_above) - says_change, says_change)
+    assert above.disagreements + below.disagreements == len(rows_above) > 0
 
 
 def test_batched_equals_one_tile_at_a_time(engine, holed, reference):

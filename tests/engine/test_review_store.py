@@ -31,14 +31,16 @@ def _results(plan: ReviewPlan, indexes) -> list[TileResult]:
     out = []
     for i in indexes:
         row, col, window = plan.window(i)
-        out.append(TileResult(row, col, plan.bounds(window), score=0.01 * i, changed=i % 2 == 1,
+        # odd tiles are above the threshold and captioned; tile 3's caption says "no change"
+        out.append(TileResult(row, col, plan.bounds(window), score=0.01 * i, score_above_threshold=i % 2 == 1,
+                              caption_says_change=(i % 4 == 1) if i % 2 else None,
                               caption=f"caption {i}" if i % 2 else None))
     return out
 
 
 def _job(tmp_path, **kw) -> ReviewJob:
     return ReviewJob("before.tif", "after.tif", str(tmp_path / "review.gpkg"), date_before="2019-06-01",
-                     date_after="2023-06-01", **kw)
+                     date_after="2023-06-01", **{"threshold": 0.01, **kw})
 
 
 def _write(job, plan, batches, model="tiny") -> None:
@@ -77,17 +79,20 @@ def test_the_file_is_a_valid_geopackage_for_ogr(tmp_path):
                                               ogr.GetFieldSubTypeName(defn.GetFieldDefn(i).GetSubType()))
              for i in range(defn.GetFieldCount())}
     assert types == {"tile_row": ("Integer64", "None"), "tile_col": ("Integer64", "None"),  # GPKG INTEGER
-                     "score": ("Real", "None"), "changed": ("Integer", "Boolean"),
+                     "score": ("Real", "None"), "score_above_threshold": ("Integer", "Boolean"),
+                     "caption_says_change": ("Integer", "Boolean"),
                      "caption": ("String", "None"), "date_before": ("Date", "None"),
                      "date_after": ("Date", "None"), "model": ("String", "None"), "run_id": ("String", "None"),
-                     "verdict": ("String", "None"), "reviewed_at": ("DateTime", "None")}
+                     "verdict": ("String", "None"), "reviewed_at": ("DateTime", "None"),
+                     "reviewed_by": ("String", "None")}
     feats = _features(job.out)
     for i, feat in enumerate(feats):
         row, col, window = plan.window(i)
         left, bottom, right, top = plan.bounds(window)
         assert (feat["tile_row"], feat["tile_col"]) == (row, col)
         assert feat["envelope"] == (left, right, bottom, top)
-        assert feat["score"] == pytest.approx(0.01 * i) and feat["changed"] == i % 2
+        assert feat["score"] == pytest.approx(0.01 * i) and feat["score_above_threshold"] == i % 2
+        assert feat["caption_says_change"] == ((i % 4 == 1) if i % 2 else None)
         assert feat["caption"] == (f"caption {i}" if i % 2 else None)
         assert (feat["date_before"], feat["date_after"]) == ("2019/06/01", "2023/06/01")
         assert feat["model"] == "tiny" and feat["verdict"] is None
@@ -96,7 +101,8 @@ def test_the_file_is_a_valid_geopackage_for_ogr(tmp_path):
     assert first.GetGeometryRef().IsValid() and first.GetGeometryRef().GetArea() == pytest.approx(640 * 640)
     runs = ds.GetLayerByName("unirs_review_runs").GetNextFeature()
     assert (runs["next_tile"], runs["total_tiles"], runs["finished"], runs["skipped_nodata"], runs["changed"],
-            runs["captioned"]) == (6, 6, 1, 2, 3, 3)
+            runs["captioned"], runs["disagreements"]) == (6, 6, 1, 2, 3, 3, 1)
+    assert (runs["threshold"], runs["threshold_source"]) == (0.01, "given for this review")
 
 
 def test_a_crs_without_epsg_code_is_stored_as_wkt(tmp_path):
@@ -138,13 +144,14 @@ def test_verdicts_are_kept_when_the_review_goes_on(tmp_path):
     job = _job(tmp_path)
     _write(job, plan, [[0, 1, 2]])
     fid = _features(job.out)[1]["fid"]
-    set_verdict(job.out, fid, "confirmed")
+    set_verdict(job.out, fid, "confirmed", by="Ada Analyst")
     _write(job, plan, [[3, 4, 5]])                              # resumed, later batch
     feats = {f["fid"]: f for f in _features(job.out)}
     assert len(feats) == 6 and feats[fid]["verdict"] == "confirmed" and feats[fid]["reviewed_at"] is not None
+    assert feats[fid]["reviewed_by"] == "Ada Analyst"
     assert all(f["verdict"] is None for k, f in feats.items() if k != fid)
     set_verdict(job.out, fid, None)
-    assert _features(job.out)[1]["verdict"] is None
+    assert _features(job.out)[1]["verdict"] is None and _features(job.out)[1]["reviewed_by"] is None
     with pytest.raises(ReviewError, match=r"verdict must be one of \('confirmed', 'rejected'\)"):
         set_verdict(job.out, fid, "maybe")
     with pytest.raises(ReviewError, match=r"layer changes has no feature with fid 999"):
@@ -180,7 +187,7 @@ plan = _plan(rows=40, cols=40)
 store = ReviewStore.open(_job(Path({str(tmp_path)!r})), plan, "tiny")
 store.append(_results(plan, range(4)), next_tile=4, skipped_nodata=0, skipped_outside=0)
 store.conn.execute("PRAGMA cache_size = 1")   # spill the next batch's pages to disk before its commit
-store.conn.executemany("INSERT INTO changes (geom, tile_row, tile_col, score, changed, model, run_id) "
+store.conn.executemany("INSERT INTO changes (geom, tile_row, tile_col, score, score_above_threshold, model, run_id) "
                        "VALUES (NULL, ?, ?, 0, 0, 'tiny', 'x')", [(100 + i, 0) for i in range(3000)])
 os.kill(os.getpid(), signal.SIGKILL)
 """

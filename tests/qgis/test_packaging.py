@@ -86,7 +86,7 @@ def test_unzipped_plugin_loads_in_a_fresh_qgis_python(plugin_zip, tmp_path):
         "assert unirs_qgis.__file__.startswith(sys.argv[1]), unirs_qgis.__file__\n"
         "assert unirs_engine.__file__.startswith(sys.argv[1]), unirs_engine.__file__\n"
         "print(sorted(a.id() for a in QgsApplication.processingRegistry().providerById('unirs').algorithms()))\n"
-        "assert 'torch' not in sys.modules\n"
+        "assert 'torch' not in sys.modules and 'rasterio' not in sys.modules, 'the plugin loads no engine stack'\n"
         "plugin.unload()\n"
     )
     env = {"QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin",

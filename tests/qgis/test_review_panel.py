@@ -1,6 +1,7 @@
 """The dock's review mode in real QGIS 3.22 (offscreen) on a GeoPackage in the engine's review schema,
 written here with QGIS's own writer so the scores (and so the order) are known: ordering, stepping,
-zooming the canvas across CRSs, verdicts persisted in the file, the unreviewed filter."""
+zooming the canvas across CRSs with the tile outlined (not filled), keyboard review, verdicts with who
+and when persisted in the file, the filters (unreviewed, disagreements, all), the tint switch."""
 
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
                        QgsFields, QgsGeometry, QgsGraduatedSymbolRenderer, QgsProject, QgsRasterLayer,
                        QgsRectangle,
                        QgsVectorFileWriter, QgsVectorLayer, QgsWkbTypes, NULL)
-from qgis.PyQt.QtCore import QDate, QDateTime, QVariant
+from qgis.PyQt.QtCore import QDate, QDateTime, Qt, QVariant
+from qgis.PyQt.QtTest import QTest
 
-from unirs_qgis.dock.review_panel import ReviewPanel, ReviewWriteError, changed_tiles, open_review, set_verdict
+from unirs_qgis.dock.review_panel import (HIGHLIGHT, ReviewPanel, ReviewWriteError, open_review, review_tiles,
+                                          reviewer, set_verdict)
 from unirs_qgis.dock.widget import UniRSDockWidget
+from unirs_qgis.review_style import FAINT_FILL
 
 ORIGIN = (500_000.0, 4_500_000.0)
 TILE_M = 640.0  # 64 px of 10 m
 # (row, col) -> score; tiles under 0.1 are unchanged (no caption)
 SCORES = {(0, 0): 0.05, (0, 1): 0.42, (0, 2): 0.13, (1, 0): 0.88, (1, 1): 0.02, (1, 2): 0.27}
+CAPTION_SAYS_NO = {(0, 2)}   # above the threshold, but its caption says nothing changed
 
 
 def tile_rect(row: int, col: int) -> QgsRectangle:
@@ -31,10 +36,12 @@ def write_review_gpkg(path: Path) -> Path:
     """The 'changes' table of the review contract, written by QgsVectorFileWriter."""
     fields = QgsFields()
     for name, kind in (("tile_row", QVariant.Int), ("tile_col", QVariant.Int), ("score", QVariant.Double),
-                       ("changed", QVariant.Bool), ("caption", QVariant.String),
+                       ("score_above_threshold", QVariant.Bool), ("caption_says_change", QVariant.Bool),
+                       ("caption", QVariant.String),
                        ("date_before", QVariant.Date), ("date_after", QVariant.Date),
                        ("model", QVariant.String), ("run_id", QVariant.String),
-                       ("verdict", QVariant.String), ("reviewed_at", QVariant.DateTime)):
+                       ("verdict", QVariant.String), ("reviewed_at", QVariant.DateTime),
+                       ("reviewed_by", QVariant.String)):
         fields.append(QgsField(name, kind))
     options = QgsVectorFileWriter.SaveVectorOptions()
     options.driverName, options.layerName = "GPKG", "changes"
@@ -45,8 +52,9 @@ def write_review_gpkg(path: Path) -> Path:
         feature = QgsFeature(fields)
         feature.setGeometry(QgsGeometry.fromRect(tile_rect(row, col)))
         changed = score >= 0.1
-        feature.setAttributes([row, col, score, changed, f"caption r{row} c{col}" if changed else None,
-                               QDate(2019, 6, 1), QDate(2023, 6, 1), "tiny", "run-1", None, None])
+        says = (row, col) not in CAPTION_SAYS_NO if changed else NULL
+        feature.setAttributes([row, col, score, changed, says, f"caption r{row} c{col}" if changed else None,
+                               QDate(2019, 6, 1), QDate(2023, 6, 1), "tiny", "run-1", None, None, None])
         assert writer.addFeature(feature)
     del writer  # flush and close
     return path
@@ -68,10 +76,11 @@ def panel(qgis_iface, qgis_new_project, qgis_canvas):
 
 
 def reopened(path: Path) -> dict[tuple[int, int], tuple]:
-    """(row, col) -> (verdict, reviewed_at) read back from the file by a fresh layer."""
+    """(row, col) -> (verdict, reviewed_at, reviewed_by) read back from the file by a fresh layer."""
     layer = QgsVectorLayer(f"{path}|layername=changes", "reopened", "ogr")
     assert layer.isValid()
-    return {(f["tile_row"], f["tile_col"]): (f["verdict"], f["reviewed_at"]) for f in layer.getFeatures()}
+    return {(f["tile_row"], f["tile_col"]): (f["verdict"], f["reviewed_at"], f["reviewed_by"])
+            for f in layer.getFeatures()}
 
 
 def test_changed_tiles_are_listed_by_score_descending(panel, review_gpkg):
@@ -81,6 +90,12 @@ def test_changed_tiles_are_listed_by_score_descending(panel, review_gpkg):
     assert panel.tile_list.count() == 4 and panel.tile_list.currentRow() == 0
     assert "caption r1 c0" in panel.caption_label.text() and "0.880" in panel.info_label.text()
     assert "2019-06-01 → 2023-06-01" in panel.info_label.text()
+    # entries wrap in a narrow dock, the tooltip says everything, and the disagreeing tile is marked
+    assert panel.tile_list.wordWrap() and panel.tile_list.textElideMode() == Qt.ElideNone
+    assert [panel.tile_list.item(i).text() for i in range(4)][3] == "· 0.130  ⚠ caption r0 c2"
+    assert panel.tile_list.item(3).toolTip() == ("caption r0 c2\nscore 0.1300 · changed, the caption says no "
+                                                 "change\n2019-06-01 → 2023-06-01 · tile row 0, column 2")
+    assert panel.score_note.text().startswith("Score: 1 − similarity of the before and after features")
 
 
 def test_next_previous_zoom_the_canvas_to_the_tile_in_the_canvas_crs(panel, review_gpkg, qgis_canvas):
@@ -96,7 +111,12 @@ def test_next_previous_zoom_the_canvas_to_the_tile_in_the_canvas_crs(panel, revi
         extent = qgis_canvas.extent()
         assert extent != before and extent.contains(target)
         assert extent.width() < 3 * target.width() or extent.height() < 3 * target.height()  # zoomed in
-        assert panel.layer.selectedFeatureIds() == [tile.fid]
+        # outlined on the canvas, not selected (a selection is filled and hides the imagery)
+        assert panel.layer.selectedFeatureIds() == []
+        band = panel.highlight
+        assert band.asGeometry().boundingBox().toRectF().getCoords() == pytest.approx(
+            target.toRectF().getCoords(), rel=1e-6)
+        assert band.fillColor().alpha() == 0 and band.strokeColor().name() == HIGHLIGHT and band.width() >= 3
 
 
 def test_confirm_and_reject_persist_in_the_geopackage_and_advance(panel, review_gpkg):
@@ -111,7 +131,8 @@ def test_confirm_and_reject_persist_in_the_geopackage_and_advance(panel, review_
     stored = reopened(review_gpkg)
     assert stored[(1, 0)][0] == "confirmed" and stored[(0, 1)][0] == "rejected"
     assert stored[(1, 0)][1] >= started and stored[(0, 1)][1] >= started
-    assert stored[(1, 2)] == (NULL, NULL)
+    assert stored[(1, 0)][2] == stored[(0, 1)][2] == reviewer() != ""
+    assert stored[(1, 2)] == (NULL, NULL, NULL)
     assert not panel.layer.isEditable()  # committed at once
 
 
@@ -122,18 +143,51 @@ def test_unreviewed_only_hides_judged_tiles(panel, review_gpkg):
     assert [t.score for t in panel.tiles] == [0.42, 0.27, 0.13]
     panel.reject_button.click()                       # judges 0.42; the list shrinks, 0.27 is next
     assert [t.score for t in panel.tiles] == [0.27, 0.13] and panel.current().score == 0.27
-    assert [t.score for t in changed_tiles(panel.layer)] == [0.88, 0.42, 0.27, 0.13]
+    assert [t.score for t in review_tiles(panel.layer)] == [0.88, 0.42, 0.27, 0.13]
+
+
+def test_the_list_shows_disagreements_or_every_tile(panel, review_gpkg):
+    panel.open_path(str(review_gpkg))
+    panel.shown_combo.setCurrentIndex(panel.shown_combo.findData("disagree"))
+    assert [(t.row, t.col) for t in panel.tiles] == [(0, 2)] and panel.caption_label.text().startswith("⚠ ")
+    panel.shown_combo.setCurrentIndex(panel.shown_combo.findData("all"))
+    assert [t.score for t in panel.tiles] == sorted(SCORES.values(), reverse=True)
+    panel.next_button.click()
+    panel.reject_button.click()                       # an unchanged tile can be judged too
+    assert reopened(review_gpkg)[(0, 1)][0] == "rejected"
+
+
+def test_keyboard_review(panel, review_gpkg):
+    panel.open_path(str(review_gpkg))
+    panel.tile_list.setFocus()
+    for key, name in (("Y", "confirm"), ("N", "reject"), ("J", "next"), ("K", "previous"), ("F", "flicker")):
+        assert f"(key {key} " in getattr(panel, f"{name}_button").toolTip()
+    QTest.keyClick(panel.tile_list, Qt.Key_Y)         # confirm 0.88, on to 0.42
+    QTest.keyClick(panel.tile_list, Qt.Key_J)         # next: 0.27
+    QTest.keyClick(panel.tile_list, Qt.Key_N)         # reject 0.27, on to 0.13
+    QTest.keyClick(panel.tile_list, Qt.Key_K)         # back to 0.27
+    assert panel.current().score == 0.27
+    stored = reopened(review_gpkg)
+    assert (stored[(1, 0)][0], stored[(0, 1)][0], stored[(1, 2)][0]) == ("confirmed", NULL, "rejected")
+
+
+def test_the_tint_can_be_switched_off(panel, review_gpkg):
+    layer = panel.open_path(str(review_gpkg))
+    fills = lambda: [r.symbol().symbolLayer(0).fillColor().alpha() for r in layer.renderer().ranges()]
+    assert fills()[0] == 0 and set(fills()[1:]) == {FAINT_FILL}      # unchanged tiles: outline only
+    panel.fill_check.setChecked(False)
+    assert set(fills()) == {0}
 
 
 def test_verdict_refused_while_the_user_edits_the_layer(review_gpkg, qgis_new_project):
     layer = open_review(str(review_gpkg))
-    (first, *_) = changed_tiles(layer)
+    (first, *_) = review_tiles(layer)
     layer.startEditing()
     with pytest.raises(ReviewWriteError, match="is being edited: save or discard the edits first"):
-        set_verdict(layer, first.fid, "confirmed")
+        set_verdict(layer, first.fid, "confirmed", "me")
     layer.rollBack()
     with pytest.raises(ValueError, match="verdict must be one of"):
-        set_verdict(layer, first.fid, "maybe")
+        set_verdict(layer, first.fid, "maybe", "me")
 
 
 def test_not_a_review_is_a_clear_message(panel, tmp_path):
@@ -144,7 +198,7 @@ def test_not_a_review_is_a_clear_message(panel, tmp_path):
     QgsVectorFileWriter.writeAsVectorFormatV3(other, str(path), QgsProject.instance().transformContext(),
                                               options)
     assert panel.open_path(str(path)) is None
-    assert "is not a UniRS change review" in panel.caption_label.text()
+    assert "is not a UniRS change review" in panel.message_label.text()
 
 
 def test_active_review_layer_is_picked_up_and_dock_has_the_review_tab(qgis_iface, qgis_new_project,

@@ -1,22 +1,33 @@
-"""The change-score threshold of a model, calibrated on labelled pairs and stored in its checkpoint.
+"""The change-score threshold of a model: calibrated on labelled pairs and stored in its checkpoint,
+or learnt from an analyst's verdicts in a review and kept per user.
 
 The score (1 - mean cosine similarity of the CEM's before/after maps) has no common scale across
 models: a real UniRS and the small demo model differ by orders of magnitude. So each checkpoint
 carries its own threshold, chosen on LEVIR-CC-format pairs (changeflag 0/1) to maximise balanced
-accuracy, and a review without an explicit threshold uses it.
+accuracy. An analyst's confirmed/rejected tiles of a review are such labelled pairs too: a threshold
+fitted to them is stored in the user's data folder (UNIRS_HOME/thresholds.json, by model id; the
+checkpoint folder may be read-only or replaced by a plugin update) and wins over the checkpoint's.
+A review without an explicit threshold uses the first of: the user's, the checkpoint's, the default.
+No rasterio or torch here: the QGIS plugin calls it in-process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
+from ..runtime.paths import unirs_home
 from .job import DEFAULT_THRESHOLD, ReviewError
+from .schema import LAYER, RUNS
 
 CONFIG_KEY = "review_change_threshold"   # in the checkpoint's top-level config.json
+USER_THRESHOLDS = "thresholds.json"      # in UNIRS_HOME: {model id: {"threshold": ..., ...}}
+MIN_VERDICTS = 5                         # of each kind, to recalibrate from a review
 
 
 @dataclass(frozen=True)
@@ -65,10 +76,79 @@ def calibrate(engine, pairs: Sequence[tuple[str, str]], changed: Sequence[bool],
     return best_threshold(scores, changed)
 
 
-def stored_threshold(config: dict) -> float:
-    """The threshold a checkpoint's config.json carries, else the package default."""
-    value = config.get(CONFIG_KEY)
-    return float(value) if value is not None else DEFAULT_THRESHOLD
+def model_threshold(model_id: str, config: dict) -> tuple[float, str]:
+    """(threshold, where it comes from) for a review without an explicit one."""
+    user = user_thresholds().get(model_id)
+    if user is not None:
+        return float(user["threshold"]), f"your verdicts in {Path(user['review']).name} ({user['created'][:10]})"
+    if config.get(CONFIG_KEY) is not None:
+        return float(config[CONFIG_KEY]), "calibrated in the checkpoint"
+    return DEFAULT_THRESHOLD, "default (the model carries no calibrated threshold)"
+
+
+def user_thresholds() -> dict[str, dict]:
+    try:
+        return json.loads((unirs_home() / USER_THRESHOLDS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """A threshold fitted to the verdicts of one review."""
+
+    model_id: str
+    review: str
+    before: Calibration        # the threshold the review applied, scored on the verdicts
+    after: Calibration         # the best threshold on the verdicts
+
+
+def calibrate_from_review(gpkg: str | os.PathLike, min_each: int = MIN_VERDICTS) -> Recalibration:
+    """Fit the threshold to the confirmed (changed) and rejected (unchanged) tiles of a review."""
+    try:
+        conn = sqlite3.connect(f"file:{os.fspath(gpkg)}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise ReviewError(f"{gpkg}: cannot open ({exc})") from None
+    try:
+        model, applied = conn.execute(f'SELECT model, threshold FROM "{RUNS}" ORDER BY id LIMIT 1').fetchone()
+        judged = conn.execute(f'SELECT score, verdict FROM "{LAYER}" WHERE verdict IS NOT NULL').fetchall()
+    except (sqlite3.Error, TypeError):
+        raise ReviewError(f"{gpkg} is not a UniRS change review of this version") from None
+    finally:
+        conn.close()
+    confirmed = sum(verdict == "confirmed" for _, verdict in judged)
+    rejected = len(judged) - confirmed
+    if confirmed < min_each or rejected < min_each:
+        raise ReviewError(f"recalibrating needs at least {min_each} confirmed and {min_each} rejected tiles; "
+                          f"{Path(gpkg).name} has {confirmed} confirmed and {rejected} rejected")
+    scores = [score for score, _ in judged]
+    labels = [verdict == "confirmed" for _, verdict in judged]
+    return Recalibration(model, os.fspath(gpkg), _scored(applied, scores, labels), best_threshold(scores, labels))
+
+
+def _scored(threshold: float, scores: Sequence[float], changed: Sequence[bool]) -> Calibration:
+    """Balanced accuracy of `threshold` on labelled scores."""
+    pos = [s for s, c in zip(scores, changed) if c]
+    neg = [s for s, c in zip(scores, changed) if not c]
+    accuracy = (sum(s >= threshold for s in pos) / len(pos) + sum(s < threshold for s in neg) / len(neg)) / 2
+    return Calibration(float(threshold), accuracy, len(pos), len(neg))
+
+
+def keep_user_threshold(recalibration: Recalibration) -> Path:
+    """Store the fitted threshold for the review's model in UNIRS_HOME (atomically); returns the file."""
+    path = unirs_home() / USER_THRESHOLDS
+    stored = user_thresholds()
+    stored[recalibration.model_id] = {
+        "threshold": recalibration.after.threshold, "review": recalibration.review,
+        "balanced_accuracy_before": recalibration.before.balanced_accuracy,
+        "balanced_accuracy_after": recalibration.after.balanced_accuracy,
+        "confirmed": recalibration.after.changed, "rejected": recalibration.after.unchanged,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(stored, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def store(model_dir: str | os.PathLike, calibration: Calibration, source: str) -> Path:

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 
+from .calibrate import MIN_VERDICTS
 from .job import DEFAULT_THRESHOLD, ReviewError, ReviewJob
 
 EXIT_CANCELLED = 130  # the shell's code for "stopped by Ctrl-C"
@@ -49,12 +50,17 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "calibrate-threshold", help="calibrate a model's change-score threshold on labelled pairs",
-        description="Scores the pairs of a LEVIR-CC-format split (changeflag 0/1) and stores the threshold "
-                    "with the best balanced accuracy in the model's config.json; reviews without "
-                    "--threshold use it.")
-    p.add_argument("--model", required=True, metavar="DIR", help="UniRS checkpoint to calibrate (written)")
-    p.add_argument("--data", required=True, metavar="ROOT", help="LEVIR-CC-format root")
+        description="With --model and --data: scores the pairs of a LEVIR-CC-format split (changeflag 0/1) "
+                    "and stores the threshold with the best balanced accuracy in the model's config.json. "
+                    "With --from-review: fits the threshold to your confirmed (changed) and rejected "
+                    "(unchanged) tiles of a review and keeps it for that review's model in your data folder "
+                    "(UNIRS_HOME), where it wins over the checkpoint's. Reviews without --threshold use it.")
+    p.add_argument("--model", metavar="DIR", help="UniRS checkpoint to calibrate (written)")
+    p.add_argument("--data", metavar="ROOT", help="LEVIR-CC-format root")
     p.add_argument("--split", default="val", help="split to calibrate on (default val)")
+    p.add_argument("--from-review", metavar="REVIEW.gpkg", help="learn from the verdicts of this review instead")
+    p.add_argument("--min-each", type=int, default=MIN_VERDICTS,
+                   help=f"--from-review: confirmed and rejected tiles needed, each (default {MIN_VERDICTS})")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
     p.set_defaults(func=calibrate_command)
 
@@ -95,11 +101,17 @@ def run_command(args: argparse.Namespace) -> int:
         state = "stopped (rerun to resume)" if s.cancelled else "done"
         print(f"review {state}: {s.resumed_from + s.done:,}/{s.total_tiles:,} tiles "
               f"({s.done:,} this run, {s.tiles_per_s:.2f} tiles/s); skipped {s.skipped_nodata:,} nodata, "
-              f"{s.skipped_outside:,} outside; {s.changed:,} changed, {s.captioned:,} captioned -> {s.out}")
+              f"{s.skipped_outside:,} outside; {s.changed:,} changed (score >= {s.threshold:.4g}), "
+              f"{s.captioned:,} captioned, {s.disagreements:,} where the caption disagrees -> {s.out}")
     return EXIT_CANCELLED if summary.cancelled else 0
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
+    if args.from_review:
+        return _recalibrate_from_review(args)
+    if not (args.model and args.data):
+        print("unirs calibrate-threshold: error: give --model and --data, or --from-review", file=sys.stderr)
+        return 2
     from ..data.errors import DataError
     from ..data.levircc import read_levircc
     from ..engine import Engine
@@ -118,4 +130,20 @@ def calibrate_command(args: argparse.Namespace) -> int:
     path = store(args.model, result, f"{args.data} ({args.split})")
     print(f"threshold {result.threshold:.6g}: balanced accuracy {100 * result.balanced_accuracy:.1f} % on "
           f"{result.changed} changed and {result.unchanged} unchanged pairs -> {path}")
+    return 0
+
+
+def _recalibrate_from_review(args: argparse.Namespace) -> int:
+    from .calibrate import calibrate_from_review, keep_user_threshold
+
+    try:
+        result = calibrate_from_review(args.from_review, args.min_each)
+    except ReviewError as exc:
+        print(f"unirs calibrate-threshold: error: {exc}", file=sys.stderr)
+        return 2
+    path = keep_user_threshold(result)
+    print(f"{result.model_id}: threshold {result.before.threshold:.4g} -> {result.after.threshold:.4g}, balanced "
+          f"accuracy on your verdicts {100 * result.before.balanced_accuracy:.1f} % -> "
+          f"{100 * result.after.balanced_accuracy:.1f} % ({result.after.changed} confirmed, "
+          f"{result.after.unchanged} rejected) -> {path}")
     return 0

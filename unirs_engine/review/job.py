@@ -110,8 +110,10 @@ class ReviewSummary:
     resumed_from: int         # tile index this call started at (0: a fresh review)
     skipped_nodata: int
     skipped_outside: int
-    changed: int
+    changed: int              # tiles whose score is at or above `threshold` (schema.py)
     captioned: int
+    disagreements: int        # captioned tiles whose caption's statement differs from `changed`
+    threshold: float          # the threshold applied (the job's, else the model's)
     cancelled: bool
     elapsed_s: float
     tiles_per_s: float

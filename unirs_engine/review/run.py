@@ -23,12 +23,14 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
     from ..engine import Cancelled, EngineError  # here, not at the top: the package stays torch-free
 
     t0 = time.perf_counter()
-    if job.threshold is None:  # the model's calibrated threshold; stored resolved, so a resume matches
-        job = dataclasses.replace(job, threshold=engine.change_threshold)
+    source = "given for this review"
+    if job.threshold is None:  # the model's threshold; stored resolved, so a resume matches
+        threshold, source = engine.change_threshold_with_source
+        job = dataclasses.replace(job, threshold=threshold)
     plan = plan_review(job)
     # A pair's two feature sets must still be cached when its caption is generated after scoring.
     engine.reserve_cache(2 * job.batch_size)
-    store = ReviewStore.open(job, plan, engine.model.model_id)
+    store = ReviewStore.open(job, plan, engine.model.model_id, source)
     start, cancelled = store.state.next_tile, False
     try:
         if progress:
@@ -57,13 +59,15 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
     done = s.next_tile - start
     return ReviewSummary(run_id=s.run_id, out=str(job.out), total_tiles=plan.total_tiles, done=done,
                          resumed_from=start, skipped_nodata=s.skipped_nodata, skipped_outside=s.skipped_outside,
-                         changed=s.changed, captioned=s.captioned, cancelled=cancelled, elapsed_s=elapsed,
+                         changed=s.changed, captioned=s.captioned, disagreements=s.disagreements,
+                         threshold=job.threshold, cancelled=cancelled, elapsed_s=elapsed,
                          tiles_per_s=done / elapsed if elapsed > 0 else 0.0)
 
 
 def _review_pairs(engine, job: ReviewJob, pairs: list[TilePair],
                   is_cancelled: Callable[[], bool] | None) -> list[TileResult]:
-    """Scores of all pairs (one vision pass), captions of those at/above threshold (one generate call)."""
+    """Scores of all pairs (one vision pass), captions of those at/above threshold (one generate call);
+    the score decides "changed", the caption's own statement is kept beside it (schema.py)."""
     from ..engine import Request
 
     if not pairs:
@@ -78,6 +82,7 @@ def _review_pairs(engine, job: ReviewJob, pairs: list[TilePair],
     for i, (pair, score) in enumerate(zip(pairs, scores)):
         answer = captions.get(i)
         results.append(TileResult(pair.row, pair.col, pair.bounds, score,
-                                  changed=bool(answer and answer.extra["changed"]),  # the caption decides
+                                  score_above_threshold=score >= job.threshold,
+                                  caption_says_change=bool(answer.extra["changed"]) if answer else None,
                                   caption=answer.answer if answer else None))
     return results

@@ -21,16 +21,14 @@ from rasterio.crs import CRS
 from ..inputs.raster import crs_label
 from .grid import ReviewPlan
 from .job import ReviewError, ReviewJob
+from .schema import CAPTION_CHANGED, CHANGED, LAYER, RUNS, VERDICTS
 
-LAYER = "changes"
-RUNS = "unirs_review_runs"
-VERDICTS = ("confirmed", "rejected")
 GPKG_APPLICATION_ID = 0x47504B47   # "GPKG"
 GPKG_VERSION = 10300               # 1.3.0
 CUSTOM_SRS_ID = 100000             # a grid CRS without an EPSG code
 
 _WGS84_WKT = CRS.from_epsg(4326).to_wkt()
-_COUNTERS = ("skipped_nodata", "skipped_outside", "changed", "captioned")
+_COUNTERS = ("skipped_nodata", "skipped_outside", "changed", "captioned", "disagreements")
 
 _SCHEMA = f"""
 CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER NOT NULL PRIMARY KEY,
@@ -48,15 +46,17 @@ CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT N
   CONSTRAINT fk_gc_tn FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name),
   CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id));
 CREATE TABLE "{LAYER}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POLYGON,
-  tile_row INTEGER NOT NULL, tile_col INTEGER NOT NULL, score REAL NOT NULL, changed BOOLEAN NOT NULL,
+  tile_row INTEGER NOT NULL, tile_col INTEGER NOT NULL, score REAL NOT NULL,
+  {CHANGED} BOOLEAN NOT NULL, {CAPTION_CHANGED} BOOLEAN,
   caption TEXT, date_before DATE, date_after DATE, model TEXT NOT NULL, run_id TEXT NOT NULL,
-  verdict TEXT CHECK (verdict IN ('confirmed', 'rejected')), reviewed_at DATETIME,
+  verdict TEXT CHECK (verdict IN ('confirmed', 'rejected')), reviewed_at DATETIME, reviewed_by TEXT,
   UNIQUE (tile_row, tile_col));
 CREATE TABLE "{RUNS}" (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, run_id TEXT NOT NULL UNIQUE,
-  job_json TEXT NOT NULL, model TEXT NOT NULL, started DATETIME NOT NULL, updated DATETIME NOT NULL,
+  job_json TEXT NOT NULL, model TEXT NOT NULL, threshold REAL NOT NULL, threshold_source TEXT NOT NULL,
+  started DATETIME NOT NULL, updated DATETIME NOT NULL,
   finished BOOLEAN NOT NULL, next_tile INTEGER NOT NULL, total_tiles INTEGER NOT NULL,
   done INTEGER NOT NULL, skipped_nodata INTEGER NOT NULL, skipped_outside INTEGER NOT NULL,
-  changed INTEGER NOT NULL, captioned INTEGER NOT NULL);
+  changed INTEGER NOT NULL, captioned INTEGER NOT NULL, disagreements INTEGER NOT NULL);
 """
 
 
@@ -68,8 +68,13 @@ class TileResult:
     col: int
     bounds: tuple[float, float, float, float]    # (left, bottom, right, top) in the grid CRS
     score: float
-    changed: bool
+    score_above_threshold: bool                  # the review's "changed" (schema.py)
+    caption_says_change: bool | None             # what the caption states; None without caption
     caption: str | None
+
+    @property
+    def disagrees(self) -> bool:
+        return self.caption_says_change is not None and self.caption_says_change != self.score_above_threshold
 
 
 @dataclass
@@ -82,6 +87,7 @@ class RunState:
     skipped_outside: int = 0
     changed: int = 0
     captioned: int = 0
+    disagreements: int = 0
 
 
 def now_iso() -> str:
@@ -114,11 +120,13 @@ class ReviewStore:
         self.path, self.conn, self.state, self.job, self.model, self.srs_id = path, conn, state, job, model, srs_id
 
     @classmethod
-    def open(cls, job: ReviewJob, plan: ReviewPlan, model: str) -> "ReviewStore":
-        """Create job.out, or reopen it when it holds this very job (else ReviewError naming the keys)."""
+    def open(cls, job: ReviewJob, plan: ReviewPlan, model: str,
+             threshold_source: str = "given for this review") -> "ReviewStore":
+        """Create job.out, or reopen it when it holds this very job (else ReviewError naming the keys).
+        job.threshold is the resolved one; `threshold_source` says where it came from."""
         path = Path(job.out)
         if not path.exists():
-            _create(path, job, plan, model)
+            _create(path, job, plan, model, threshold_source)
         conn = _connect(path)
         try:
             state = _resume_state(conn, path, job, plan, model)
@@ -136,16 +144,18 @@ class ReviewStore:
                skipped_outside: int) -> None:
         """Write a batch's features and move next_tile past it, in one transaction."""
         s, job, now = self.state, self.job, now_iso()
-        rows = [(gpkg_polygon(r.bounds, self.srs_id), r.row, r.col, r.score, int(r.changed), r.caption,
+        rows = [(gpkg_polygon(r.bounds, self.srs_id), r.row, r.col, r.score, int(r.score_above_threshold),
+                 None if r.caption_says_change is None else int(r.caption_says_change), r.caption,
                  job.date_before, job.date_after, self.model, s.run_id) for r in results]
         counts = dict(skipped_nodata=s.skipped_nodata + skipped_nodata,
                       skipped_outside=s.skipped_outside + skipped_outside,
-                      changed=s.changed + sum(r.changed for r in results),
-                      captioned=s.captioned + sum(r.caption is not None for r in results))
+                      changed=s.changed + sum(r.score_above_threshold for r in results),
+                      captioned=s.captioned + sum(r.caption is not None for r in results),
+                      disagreements=s.disagreements + sum(r.disagrees for r in results))
         with self.conn:  # one transaction: the features and next_tile, or neither
             self.conn.executemany(
-                f'INSERT INTO "{LAYER}" (geom, tile_row, tile_col, score, changed, caption, date_before, '
-                'date_after, model, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)', rows)
+                f'INSERT INTO "{LAYER}" (geom, tile_row, tile_col, score, {CHANGED}, {CAPTION_CHANGED}, caption, '
+                'date_before, date_after, model, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)', rows)
             if results:
                 lefts, bottoms, rights, tops = zip(*(r.bounds for r in results))
                 self.conn.execute(
@@ -158,7 +168,7 @@ class ReviewStore:
             self.conn.execute(
                 f'UPDATE "{RUNS}" SET updated = :now, next_tile = :next, done = :next, finished = :fin, '
                 "skipped_nodata = :skipped_nodata, skipped_outside = :skipped_outside, changed = :changed, "
-                "captioned = :captioned WHERE run_id = :run_id",
+                "captioned = :captioned, disagreements = :disagreements WHERE run_id = :run_id",
                 dict(counts, now=now, next=next_tile, fin=int(next_tile >= s.total_tiles), run_id=s.run_id))
         s.next_tile, s.finished = next_tile, next_tile >= s.total_tiles
         for key, value in counts.items():
@@ -177,7 +187,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise ReviewError(f"{path}: cannot open as a GeoPackage ({exc})") from None
 
 
-def _create(path: Path, job: ReviewJob, plan: ReviewPlan, model: str) -> None:
+def _create(path: Path, job: ReviewJob, plan: ReviewPlan, model: str, threshold_source: str) -> None:
     """Write an empty review GeoPackage under a temporary name, then move it to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(f".{path.name}.part")
@@ -205,10 +215,11 @@ def _create(path: Path, job: ReviewJob, plan: ReviewPlan, model: str) -> None:
             conn.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change) "
                          "VALUES (?, 'attributes', ?, ?, ?)", (RUNS, RUNS, "UniRS review runs", now))
             conn.execute(
-                f'INSERT INTO "{RUNS}" (run_id, job_json, model, started, updated, finished, next_tile, '
-                "total_tiles, done, skipped_nodata, skipped_outside, changed, captioned) "
-                "VALUES (?, ?, ?, ?, ?, 0, 0, ?, 0, 0, 0, 0, 0)",
-                (uuid.uuid4().hex, _job_json(job), model, now, now, plan.total_tiles))
+                f'INSERT INTO "{RUNS}" (run_id, job_json, model, threshold, threshold_source, started, updated, '
+                "finished, next_tile, total_tiles, done, skipped_nodata, skipped_outside, changed, captioned, "
+                "disagreements) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, 0, 0, 0, 0, 0, 0)",
+                (uuid.uuid4().hex, _job_json(job), model, job.threshold, threshold_source, now, now,
+                 plan.total_tiles))
         conn.close()
         os.replace(part, path)
     except BaseException:
@@ -232,7 +243,8 @@ def _resume_state(conn: sqlite3.Connection, path: Path, job: ReviewJob, plan: Re
     except sqlite3.DatabaseError:  # not SQLite at all, or no runs table
         row = None
     if row is None:
-        raise ReviewError(f"{path} exists and is not a UniRS review GeoPackage; delete it or choose another --out")
+        raise ReviewError(f"{path} exists and is not a UniRS review GeoPackage, or one written by an earlier "
+                          "UniRS version; delete it or choose another --out")
     run_id, job_json, stored_model, next_tile, total, finished, *counts = row
     stored = {**ReviewJob.from_dict({**json.loads(job_json), "out": str(path)}).identity(), "model": stored_model}
     wanted = {**job.identity(), "model": model}
@@ -245,16 +257,16 @@ def _resume_state(conn: sqlite3.Connection, path: Path, job: ReviewJob, plan: Re
     return RunState(run_id, next_tile, total, bool(finished), *counts)
 
 
-def set_verdict(out: str | os.PathLike, fid: int, verdict: str | None) -> None:
-    """Mark feature `fid` of a review GeoPackage 'confirmed' or 'rejected' (None clears it)."""
+def set_verdict(out: str | os.PathLike, fid: int, verdict: str | None, by: str | None = None) -> None:
+    """Mark feature `fid` of a review GeoPackage 'confirmed' or 'rejected' by `by` (None clears it)."""
     if verdict is not None and verdict not in VERDICTS:
         raise ReviewError(f"verdict must be one of {VERDICTS} or None, got {verdict!r}")
     conn = _connect(Path(out))
     try:
         with conn:
             stamp = now_iso() if verdict else None
-            cur = conn.execute(f'UPDATE "{LAYER}" SET verdict = ?, reviewed_at = ? WHERE fid = ?',
-                               (verdict, stamp, int(fid)))
+            cur = conn.execute(f'UPDATE "{LAYER}" SET verdict = ?, reviewed_at = ?, reviewed_by = ? WHERE fid = ?',
+                               (verdict, stamp, by if verdict else None, int(fid)))
             if cur.rowcount == 0:
                 raise ReviewError(f"{out}: layer {LAYER} has no feature with fid {fid}")
             conn.execute("UPDATE gpkg_contents SET last_change = ? WHERE table_name = ?", (now_iso(), LAYER))

@@ -2,33 +2,35 @@
 
 The engine (worker op "review") reads both mosaic files window by window and writes the GeoPackage
 itself, one transaction per batch; this algorithm gathers the job, forwards progress and cancel, and
-styles the result.
+styles the result. The output defaults to a named GeoPackage beside the project (in the user's data
+folder while the project is unsaved), never a temporary file: the analyst's verdicts live in it.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
+from pathlib import Path
 
 from osgeo import ogr
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
                        QgsProcessingParameterBoolean, QgsProcessingParameterCrs, QgsProcessingParameterEnum,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
-                       QgsProcessingParameterVectorDestination, QgsRasterLayer, QgsVectorLayer)
+                       QgsProcessingParameterVectorDestination, QgsProcessingUtils, QgsProject, QgsRasterLayer,
+                       QgsVectorLayer)
 from qgis.PyQt.QtCore import Qt
 
+from unirs_engine.review.job import DEFAULT_THRESHOLD, TILE_UNITS, ReviewJob
+from unirs_engine.review.schema import CHANGED, DISAGREE_FILTER, LAYER, RUNS
+from unirs_engine.runtime.paths import unirs_home
 from unirs_qgis.algorithms.base import UniRSAlgorithm, crs_for_engine
 from unirs_qgis.engine_link import get_client
 from unirs_qgis.layer_source import is_file_backed
+from unirs_qgis.review_events import FINISHED, INTERRUPTED, review_events
 from unirs_qgis.review_style import ReviewLayerStyler, save_default_style, style_review_layer
 
-# unirs_engine.review imports rasterio, which the plugin never loads: these mirror its contract
-# (tests/qgis/test_review_algorithm.py checks they agree).
-DEFAULT_THRESHOLD = 0.1      # unirs_engine.review.DEFAULT_THRESHOLD (a model without a calibrated one)
-DEFAULT_MAX_TILES = 100_000  # ReviewJob.max_tiles
-LAYER = "changes"            # unirs_engine.review.LAYER: the feature table
-RUNS_TABLE = "unirs_review_runs"
-TILE_UNITS = ("pixels", "map")  # ReviewJob.tile_units, in the order of the TILE_UNITS enum
+DEFAULT_MAX_TILES = ReviewJob.__dataclass_fields__["max_tiles"].default
+DEFAULT_OUTPUT_NAME = "review.gpkg"   # becomes review_<before>_<after>.gpkg once the inputs are known
 
 # Post-processors must outlive processAlgorithm (QGIS holds them without a Python reference).
 _stylers: dict[str, ReviewLayerStyler] = {}
@@ -38,19 +40,39 @@ def review_counts(gpkg: str) -> dict:
     """The run record of the review in `gpkg` (total_tiles, done, skipped_*, ...) and the number of
     changed tiles written so far; {} when the engine wrote nothing yet."""
     ds = ogr.Open(gpkg) if os.path.isfile(gpkg) else None
-    runs = ds.GetLayerByName(RUNS_TABLE) if ds is not None else None
+    runs = ds.GetLayerByName(RUNS) if ds is not None else None
     if runs is None:
         return {}
     record = max((feature.items() for feature in runs), key=lambda r: r.get("updated") or "", default={})
     changes = ds.GetLayerByName(LAYER)
-    changes.SetAttributeFilter("changed = 1")
-    return {**record, "changed": changes.GetFeatureCount()}
+    changes.SetAttributeFilter(f"{CHANGED} = 1")
+    changed = changes.GetFeatureCount()
+    changes.SetAttributeFilter(DISAGREE_FILTER)
+    return {**record, "changed": changed, "disagreements": changes.GetFeatureCount()}
 
 
 def applied_threshold(counts: dict) -> float:
     """The threshold the engine applied (its run record stores the resolved one: the job's, else the
-    model's calibrated one), from review_counts(); the default for a file without a record."""
-    return json.loads(counts.get("job_json") or "{}").get("threshold", DEFAULT_THRESHOLD)
+    model's), from review_counts(); the default for a file without a record."""
+    threshold = counts.get("threshold")
+    return DEFAULT_THRESHOLD if threshold is None else float(threshold)
+
+
+def default_output_folder(project: QgsProject | None = None) -> str:
+    """Beside the project file; in the user's data folder (UNIRS_HOME/reviews) while it is unsaved."""
+    project = project or QgsProject.instance()
+    return project.absolutePath() or str(unirs_home() / "reviews")
+
+
+def review_file_name(before: QgsRasterLayer, after: QgsRasterLayer) -> str:
+    """review_<before>_<after>.gpkg with the layer names made safe for any file system."""
+    safe = [re.sub(r"[^\w.-]+", "_", layer.name()).strip("_") or "layer" for layer in (before, after)]
+    return f"review_{safe[0]}_{safe[1]}.gpkg"
+
+
+def is_temporary(path: str) -> bool:
+    """True for Processing's "[Save to temporary file]" outputs (removed when QGIS exits)."""
+    return Path(path).resolve().is_relative_to(Path(QgsProcessingUtils.tempFolder()).resolve())
 
 
 class ReviewChangesAlgorithm(UniRSAlgorithm):
@@ -66,15 +88,22 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
 
     def shortHelpString(self) -> str:  # noqa: N802
         return self.tr(
-            "Cuts the overlap of two dated mosaics into tiles on a common grid (default: BEFORE's CRS "
-            "and pixel size), scores the change of every tile and captions the tiles scoring at least "
-            "THRESHOLD (default: the threshold calibrated for the model; or all of them with CAPTION_ALL). Tiles without data in either mosaic are "
-            "skipped and counted. BEFORE and AFTER must be raster files (GeoTIFF, VRT...): mosaics are "
-            "read window by window, never exported.\n\n"
-            "OUTPUT is a GeoPackage written by the engine as tiles finish, so it is a file destination "
-            "rather than a feature sink: cancelling keeps every finished tile, and running again with "
-            "the same inputs and the same OUTPUT resumes at the first unfinished tile. The layer is "
-            "styled by score with captions as labels; review it tile by tile in the UniRS panel.")
+            "Cuts the overlap of two dated mosaics into tiles on a common grid (default: the Before "
+            "layer's CRS and pixel size) and gives every tile a change score: 1 − the similarity of the "
+            "model's before and after features (0 = the same). A tile is <b>changed</b> when its score is "
+            "at or above the <i>Change score threshold</i> (default: the threshold learnt from your "
+            "verdicts for this model, else the one calibrated in the model). That one rule decides the "
+            "caption, the colour, the Review tab's list and the counts. Changed tiles get a caption "
+            "(every tile with <i>Caption every tile</i>); the caption's own statement is kept in the "
+            "field caption_says_change, and tiles where it disagrees with the score are marked ⚠: look "
+            "at those first. Tiles without data in either mosaic are skipped and counted. Before and "
+            "After must be raster files (GeoTIFF, VRT...): mosaics are read window by window, never "
+            "exported.\n\n"
+            "The output GeoPackage is written by the engine as tiles finish and holds your "
+            "confirm/reject verdicts: by default review_&lt;before&gt;_&lt;after&gt;.gpkg beside the "
+            "project (in your UniRS data folder while the project is unsaved). A temporary output "
+            "loses the verdicts when QGIS closes. Cancelling keeps every finished tile; running again "
+            "with the same inputs and output resumes at the first unfinished tile.")
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", self.tr("Before (raster file)")))
@@ -100,10 +129,13 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "MAX_TILES", self.tr("Refuse jobs with more tiles than"), QgsProcessingParameterNumber.Integer,
             DEFAULT_MAX_TILES, minValue=1))
+        # A fresh instance is initialised for every dialog: the default follows the current project.
         self.addParameter(QgsProcessingParameterVectorDestination(
-            "OUTPUT", self.tr("Reviewed tiles (GeoPackage)"), QgsProcessing.TypeVectorPolygon))
-        for name, label in (("TOTAL_TILES", "Tiles in the grid"), ("CHANGED", "Changed tiles"),
-                            ("SKIPPED", "Tiles skipped (no data)")):
+            "OUTPUT", self.tr("Reviewed tiles (GeoPackage)"), QgsProcessing.TypeVectorPolygon,
+            os.path.join(default_output_folder(), DEFAULT_OUTPUT_NAME)))
+        for name, label in (("TOTAL_TILES", "Tiles in the grid"), ("CHANGED", "Changed tiles (score ≥ threshold)"),
+                            ("SKIPPED", "Tiles skipped (no data)"),
+                            ("DISAGREEMENTS", "Tiles whose caption disagrees with the score")):
             self.addOutput(QgsProcessingOutputNumber(name, self.tr(label)))
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -116,10 +148,16 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
                 "reads mosaics window by window and never exports them: save it as a GeoTIFF or VRT first")
         return layer
 
-    def _output_path(self, parameters, context) -> str:
+    def _output_path(self, parameters, context, before: QgsRasterLayer, after: QgsRasterLayer, feedback) -> str:
         path = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
         if not path.lower().endswith(".gpkg"):
-            raise QgsProcessingException(f"OUTPUT must be a GeoPackage file (.gpkg), got '{path}'")
+            raise QgsProcessingException(f"Reviewed tiles must be a GeoPackage file (.gpkg), got '{path}'")
+        if path == self.parameterDefinition("OUTPUT").defaultValue():  # the default: name it after the inputs
+            path = os.path.join(os.path.dirname(path), review_file_name(before, after))
+        if is_temporary(path):
+            feedback.pushWarning(f"The review is written to a temporary file ({path}): the verdicts you record "
+                                 "on it are lost when QGIS closes. Choose a file for 'Reviewed tiles' to keep "
+                                 "them.")
         return path
 
     def job(self, parameters, context, feedback) -> tuple[dict, QgsRasterLayer, QgsRasterLayer]:
@@ -130,7 +168,8 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
         crs = self.parameterAsCrs(parameters, "CRS", context)
         resolution = self.parameterAsDouble(parameters, "RESOLUTION", context)
         job = {
-            "before": before.source(), "after": after.source(), "out": self._output_path(parameters, context),
+            "before": before.source(), "after": after.source(),
+            "out": self._output_path(parameters, context, before, after, feedback),
             "tile_size": self.parameterAsDouble(parameters, "TILE_SIZE", context),
             "tile_units": TILE_UNITS[self.parameterAsEnum(parameters, "TILE_UNITS", context)],
             "overlap": self.parameterAsDouble(parameters, "OVERLAP", context),
@@ -175,29 +214,36 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
             raise QgsProcessingException("Cancelled before the first tile: no output was written"
                                          if feedback.isCanceled() else f"UniRS engine wrote no review to {out}")
         reviewed = counts["next_tile"]
-        if feedback.isCanceled() or summary.get("cancelled"):
-            feedback.pushWarning(f"Cancelled after {reviewed} of {counts['total_tiles']} tiles; run again "
-                                 "with the same OUTPUT to resume")
-        elif summary.get("resumed_from"):
-            feedback.pushInfo(f"Resumed at tile {summary['resumed_from']}")
-        feedback.pushInfo(f"{reviewed}/{counts['total_tiles']} tiles reviewed, {counts['changed']} changed, "
-                          f"{counts['skipped_nodata'] + counts['skipped_outside']} skipped (no data)")
-
         uri = f"{out}|layername={LAYER}"
         threshold = applied_threshold(counts)
+        feedback.pushInfo(f"{reviewed}/{counts['total_tiles']} tiles reviewed, {counts['changed']} changed "
+                          f"(score ≥ {threshold:.3g}, {counts.get('threshold_source', 'threshold')}), "
+                          f"{counts['disagreements']} where the caption disagrees, "
+                          f"{counts['skipped_nodata'] + counts['skipped_outside']} skipped (no data)")
+        if feedback.isCanceled() or summary.get("cancelled"):
+            message = (f"Review cancelled after {reviewed} of {counts['total_tiles']} tiles: the finished tiles "
+                       "are kept; run it again with the same output to resume")
+            feedback.pushWarning(message)
+            review_events.ended.emit(uri, INTERRUPTED, message)   # Processing loads nothing of a cancelled run
+        elif summary.get("resumed_from"):
+            feedback.pushInfo(f"Resumed at tile {summary['resumed_from']}")
+
         self._styled = (uri, threshold)
-        if context.willLoadLayerOnCompletion(out):
+        requested = self.parameterAsOutputLayer(parameters, "OUTPUT", context)   # before the default was named
+        if context.willLoadLayerOnCompletion(requested):
             # Load the feature table itself (the GeoPackage also holds the run record), styled.
             layers = context.layersToLoadOnCompletion()
-            layers[uri] = layers.pop(out)
+            layers[uri] = layers.pop(requested)
             context.setLayersToLoadOnCompletion(layers)
             styler = _stylers[uri] = ReviewLayerStyler(threshold)
             context.layerToLoadOnCompletionDetails(uri).setPostProcessor(styler)
         return {"OUTPUT": uri, "TOTAL_TILES": counts["total_tiles"], "CHANGED": counts["changed"],
-                "SKIPPED": counts["skipped_nodata"] + counts["skipped_outside"]}
+                "SKIPPED": counts["skipped_nodata"] + counts["skipped_outside"],
+                "DISAGREEMENTS": counts["disagreements"]}
 
     def postProcessAlgorithm(self, context, feedback) -> dict:  # noqa: N802 (main thread, after the run)
-        """Save the style into the GeoPackage, so the file opens styled anywhere (also qgis_process)."""
+        """Save the style into the GeoPackage, so the file opens styled anywhere (also qgis_process); a
+        review already open in the project (a resume) is reloaded there instead of loaded twice."""
         if self._styled is None:
             return {}
         uri, threshold = self._styled
@@ -207,4 +253,14 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
             save_default_style(layer)
         except RuntimeError as e:  # the tiles are written; a missing style is not worth failing over
             feedback.pushWarning(str(e))
+        project = context.project()
+        opened = [lyr for lyr in (project.mapLayers().values() if project else ()) if lyr.source() == uri]
+        if opened and context.willLoadLayerOnCompletion(uri):
+            layers = context.layersToLoadOnCompletion()
+            layers.pop(uri)
+            context.setLayersToLoadOnCompletion(layers)
+            for existing in opened:
+                existing.dataProvider().reloadData()
+                style_review_layer(existing, threshold)
+        review_events.ended.emit(uri, FINISHED, "")
         return {}
