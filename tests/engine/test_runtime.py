@@ -88,11 +88,16 @@ def test_an_environment_built_for_other_requirements_is_outdated(tmp_path):
 
 
 def wrapper(tmp_path: Path, fails_on: str) -> str:
-    """A python3 as Debian's without python3-venv: it runs, but `fails_on` says ensurepip is missing."""
+    """A python3 as Debian's without python3-venv: it runs, but where `fails_on` is in its arguments it
+    fails the way Debian's does (the reason over several lines, the failing command last)."""
     script = tmp_path / "python3"
     script.write_text("#!/bin/sh\n"
-                      f'case "$*" in *"{fails_on}"*) echo "The virtual environment was not created successfully '
-                      'because ensurepip is not available." >&2; exit 1;; esac\n'
+                      f'case "$*" in *"{fails_on}"*) cat >&2 <<EOF\n'
+                      "The virtual environment was not created successfully because ensurepip is not\n"
+                      "available.  On Debian/Ubuntu systems, you need to install the python3-venv\n"
+                      "package using the following command.\n\n    apt install python3.11-venv\n\n"
+                      "You may need to use sudo with that command.\n\nFailing command: $0\nEOF\n"
+                      "exit 1;; esac\n"
                       f'exec {SYSTEM_PYTHON} "$@"\n')
     script.chmod(0o755)
     return str(script)

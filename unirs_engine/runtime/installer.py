@@ -43,7 +43,11 @@ IsCancelled = Callable[[], bool]
 
 class SetupError(RuntimeError):
     """The setup failed; str() is one line saying why and what to do. The previous environment (if
-    any) is unchanged."""
+    any) is unchanged. `output`: what the failed command printed, when one did."""
+
+    def __init__(self, message: str, output: list[str] | None = None):
+        super().__init__(message)
+        self.output = output or []
 
 
 class SetupCancelled(SetupError):
@@ -188,8 +192,8 @@ def _build(target: Path, base: str, version: str, wanted: list[str], fingerprint
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         _run([base, "-m", "venv", str(target)], log, is_cancelled)
-    except SetupError as exc:
-        raise SetupError(_no_venv_message(base)) if "ensurepip" in str(exc) else exc
+    except SetupError as exc:  # Debian's python3 without python3-venv explains itself over several lines
+        raise SetupError(_no_venv_message(base)) if any("ensurepip" in line for line in exc.output) else exc
     python = str(paths.venv_python(target))
     index = torch_index(torch_index_setting, gpu, log)
     torch_line = next(line for line in wanted if requirements.distribution(line) == "torch")
@@ -296,7 +300,7 @@ def _run(command: list[str], log: Log, is_cancelled: IsCancelled,
     if code != 0:
         errors = [line for line in tail if line.startswith("ERROR") or "Error" in line] or list(tail)
         raise SetupError(f"{Path(command[0]).name} {' '.join(command[1:3])} failed (exit {code}): "
-                         f"{errors[-1] if errors else 'no output'}")
+                         f"{errors[-1] if errors else 'no output'}", output)
     return output
 
 
