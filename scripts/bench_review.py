@@ -1,13 +1,14 @@
 #!/usr/bin/env python
-"""Benchmarks of the change review (issue 6): four ratios measured in one run, each against its target.
+"""Benchmarks of the change review (issues 6 and 15): five ratios measured in one run, each against its target.
 
     .venv/bin/python scripts/bench_review.py [--model DIR] [--work .cache/bench] [--quick]
-                                             [--only batch,cache,rss,worker] [--json PATH]
+                                             [--only batch,cache,rss,worker,concurrent] [--json PATH]
 
-batch   review throughput (tiles/s), batch_size=8 vs 1, same tiles, identical outputs    >= 4x
-cache   engine.ask repeated on the same raster/bounds: features cached vs cache cleared   >= 5x
-rss     peak RSS of `unirs review` in a child process: 32k x 32k pair vs 8k x 8k pair     <= 1.10x
-worker  SubprocessClient vs InProcessClient on the same ask/change requests               <= 1.05x
+batch       review throughput (tiles/s), batch_size=8 vs 1, same tiles, identical outputs     >= 4x
+cache       engine.ask repeated on the same raster/bounds: features cached vs cache cleared    >= 5x
+rss         peak RSS of `unirs review` in a child process: 32k x 32k pair vs 8k x 8k pair      <= 1.10x
+worker      SubprocessClient vs InProcessClient on the same ask/change requests                <= 1.05x
+concurrent  ask latency on one SubprocessClient: while a review runs on it vs idle             <= 2x
 
 Mosaics are written once under --work and reused. Ratios vary with the machine and its load;
 the JSON keeps the raw figures beside them.
@@ -18,10 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sqlite3
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +34,7 @@ import rasterio
 from rasterio.windows import Window, bounds as window_bounds
 from tqdm import tqdm
 
-BENCHMARKS = ("batch", "cache", "rss", "worker")
+BENCHMARKS = ("batch", "cache", "rss", "worker", "concurrent")
 QUESTION = "How many buildings are there in the image?"
 SCORE_ONLY = 3.0  # a threshold above any change score (1 - cosine similarity <= 2): no captions
 
@@ -47,12 +50,13 @@ class Sizes:
     rss_tile: int           # review tile side of the RSS runs, px (large: few tiles, fast on CPU)
     worker_windows: int     # distinct extents per worker round (one ask + one change each)
     worker_rounds: int      # timed rounds per client (after one warm-up round)
+    concurrent_asks: int    # timed rounds: one ask on the idle worker, one during each review
 
 
 FULL = Sizes(batch_mosaic=2048, batch_tile=256, repeats=3, rss_sizes=(8192, 32768), rss_tile=1024,
-             worker_windows=4, worker_rounds=10)
+             worker_windows=4, worker_rounds=10, concurrent_asks=8)
 QUICK = Sizes(batch_mosaic=1024, batch_tile=256, repeats=2, rss_sizes=(1024, 4096), rss_tile=512,
-              worker_windows=2, worker_rounds=3)
+              worker_windows=2, worker_rounds=3, concurrent_asks=3)
 
 
 @dataclass
@@ -122,10 +126,22 @@ def extent(path: Path, px: int, index: int = 0) -> tuple[float, float, float, fl
         return tuple(window_bounds(Window(col, (ds.height - px) // 2, px, px), ds.transform))
 
 
+def grid_extents(path: Path, px: int, count: int) -> list[tuple[float, float, float, float]]:
+    """Bounds of `count` distinct px x px windows of the raster, row by row (no two share a chip)."""
+    with rasterio.open(path) as ds:
+        cols, rows = ds.width // px, ds.height // px
+        if count > cols * rows:
+            raise ValueError(f"{path} holds {cols * rows} windows of {px} px, not {count}")
+        return [tuple(window_bounds(Window(i % cols * px, i // cols * px, px, px), ds.transform))
+                for i in range(count)]
+
+
 def review_rows(gpkg: Path) -> list[tuple]:
+    from unirs_engine.review.schema import CAPTION_CHANGED, CHANGED, LAYER
+
     with sqlite3.connect(gpkg) as db:
-        return db.execute("SELECT tile_row, tile_col, score, changed, caption FROM changes "
-                          "ORDER BY tile_row, tile_col").fetchall()
+        return db.execute(f"SELECT tile_row, tile_col, score, {CHANGED}, {CAPTION_CHANGED}, caption "
+                          f"FROM {LAYER} ORDER BY tile_row, tile_col").fetchall()
 
 
 # ---- benchmarks ---------------------------------------------------------------------------------
@@ -282,6 +298,116 @@ def bench_worker(model: Path, work: Path, sizes: Sizes) -> Figure:
                   {"requests_per_round": n, "round_s": times})
 
 
+class BackgroundReview:
+    """client.review(job) in a thread: when its batches ended (progress times), and a stop switch."""
+
+    def __init__(self, client, job):
+        self.batch_ends: list[float] = []
+        self._steady = threading.Event()  # two batches done (the first one also opens the rasters),
+                                          # or it ended
+        self._stop = threading.Event()
+        self._outcome: Any = None
+        self._thread = threading.Thread(target=self._run, args=(client, job), daemon=True)
+        self._thread.start()
+
+    def _run(self, client, job) -> None:
+        try:
+            self._outcome = client.review(job.to_dict(), on_progress=self._progress, is_cancelled=self._stop.is_set)
+        except Exception as exc:  # reported by stop()
+            self._outcome = exc
+        self._steady.set()
+
+    def _progress(self, fraction: float, message: str) -> None:
+        if message.startswith("tile "):  # "tile 0/N" at the start, then one per committed batch
+            self.batch_ends.append(time.perf_counter())
+            if len(self.batch_ends) > 2:
+                self._steady.set()
+
+    def wait_steady(self) -> None:
+        """Wait until two batches are done; raise (as stop() does) if it ended before."""
+        self._steady.wait()
+        if len(self.batch_ends) < 3:
+            self.stop()
+
+    def batch_s(self) -> float:
+        """Median seconds per batch since the first one (asks served between them included)."""
+        ends = self.batch_ends[1:]
+        return statistics.median(b - a for a, b in zip(ends, ends[1:]))
+
+    def stop(self) -> None:
+        """Cancel it; raise unless it was cancelled (it must outlast the measurement)."""
+        from unirs_engine.worker.client import RequestCancelled
+
+        self._stop.set()
+        self._thread.join()
+        if not isinstance(self._outcome, RequestCancelled):
+            raise RuntimeError(f"the review ended before the asks did ({self._outcome!r}): use a larger mosaic")
+
+
+def bench_concurrent(model: Path, work: Path, sizes: Sizes) -> Figure:
+    """client.ask latency on one SubprocessClient: its worker idle vs running a review (issue 15)."""
+    from unirs_engine.review import ReviewJob
+    from unirs_engine.worker.client import SubprocessClient
+
+    before, after = mosaic(work, sizes.batch_mosaic, sizes.batch_tile)
+    n = sizes.concurrent_asks
+    extents = iter(grid_extents(before, 256, 3 * n + 1))  # a fresh extent per ask: nothing cached helps it
+    # Reviews of small tiles (many batches: they outlast the rounds) with the default batch_size: as the
+    # plugin runs one (the model's threshold decides which tiles get a caption), and the worst case,
+    # every tile captioned (each batch ends with a generate call, the longest an ask can wait).
+    reviews = {name: ReviewJob(str(before), str(after), str(work / f"concurrent-{name}.gpkg"), tile_size=32,
+                               caption_all=name == "every_tile_captioned")
+               for name in ("model_threshold", "every_tile_captioned")}
+    for job in reviews.values():
+        Path(job.out).unlink(missing_ok=True)
+    client = SubprocessClient(model_dir=model, python=sys.executable, log_path=work / "worker-concurrent.log")
+    pause = random.Random(0)
+
+    def ask() -> float:
+        return timed(lambda: client.ask(str(before), QUESTION, bounds=next(extents)))[0]
+
+    def ask_during(job: ReviewJob) -> tuple[float, float]:
+        """(ask seconds, review s/batch): one ask at a random point of a batch of the review, resumed
+        where it last stopped and cancelled after the ask."""
+        review = BackgroundReview(client, job)
+        review.wait_steady()
+        time.sleep(pause.uniform(0, review.batch_s()))  # a question comes at any point of a batch
+        seconds = ask()
+        batch_s = review.batch_s()
+        review.stop()
+        return seconds, batch_s
+
+    idle: list[float] = []
+    busy: dict[str, dict[str, list[float]]] = {name: {"ask_s": [], "batch_s": []} for name in reviews}
+    try:
+        ask()  # warm-up: worker start, model load
+        # Rounds interleave the two sides, so the machine's drifting load weighs on both alike.
+        for _ in tqdm(range(n), desc="concurrent: rounds", unit="round", file=sys.stderr):
+            idle.append(ask())
+            for name, job in reviews.items():
+                for key, value in zip(("ask_s", "batch_s"), ask_during(job)):
+                    busy[name][key].append(value)
+    finally:
+        client.close()
+    i = statistics.median(idle)
+    ratios = {name: statistics.median(b["ask_s"]) / i for name, b in busy.items()}
+    ratio, worst = ratios["model_threshold"], ratios["every_tile_captioned"]
+    busy_ms = statistics.median(busy["model_threshold"]["ask_s"]) * 1000
+
+    def batch_ms(name: str) -> str:
+        return f"{statistics.median(busy[name]['batch_s']) * 1000:.0f} ms/batch"
+
+    return Figure("concurrent", f"idle worker: {i * 1000:.0f} ms/ask", f"during a review: {busy_ms:.0f} ms/ask",
+                  ratio, "<= 2x", ratio <= 2.0,
+                  f"client.ask on a fresh 256 px extent each, medians of {n} rounds; a round: one ask on the "
+                  f"idle worker, one during each review on the same client (resumed, after two batches, at a "
+                  f"random point of a batch); review: 32 px tiles, batch_size "
+                  f"{reviews['model_threshold'].batch_size}, the model's threshold ({batch_ms('model_threshold')}); "
+                  f"worst case, every tile captioned ({batch_ms('every_tile_captioned')}): {worst:.2f}x",
+                  {"idle_s": idle, "during_review": busy, "ratios": ratios,
+                   "jobs": {name: job.to_dict() for name, job in reviews.items()}})
+
+
 # ---- driver -------------------------------------------------------------------------------------
 
 def table(figures: list[Figure]) -> str:
@@ -333,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     runners = {"batch": lambda: bench_batch(engine, args.work, sizes),
                "cache": lambda: bench_cache(engine, args.work, sizes),
                "rss": lambda: bench_rss(model, args.work, sizes),
-               "worker": lambda: bench_worker(model, args.work, sizes)}
+               "worker": lambda: bench_worker(model, args.work, sizes),
+               "concurrent": lambda: bench_concurrent(model, args.work, sizes)}
     figures = [runners[name]() for name in args.only]
 
     print(f"model: {model} ({model_note})")

@@ -52,7 +52,25 @@ def test_quick_batch_and_cache_report_their_ratios(tiny_checkpoint, tmp_path):
     assert "writing a" not in again.stderr and "cache " in again.stdout
 
 
+@pytest.mark.timeout(900)
+def test_quick_concurrent_reports_ask_latency_idle_and_during_reviews(tiny_checkpoint, tmp_path):
+    out = tmp_path / "figures.json"
+    proc = _bench("--quick", "--only", "concurrent", "--model", str(tiny_checkpoint),
+                  "--work", str(tmp_path / "work"), "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # it fails if a review ends before its asks
+
+    fig = json.loads(out.read_text())["benchmarks"]["concurrent"]
+    assert math.isfinite(fig["ratio"]) and fig["ratio"] > 0 and fig["target"] == "<= 2x"
+    details = fig["details"]
+    assert len(details["idle_s"]) == 3                    # one per round
+    assert set(details["during_review"]) == {"model_threshold", "every_tile_captioned"}
+    for name, during in details["during_review"].items():
+        assert len(during["ask_s"]) == len(during["batch_s"]) == 3 and min(during["batch_s"]) > 0, name
+    assert any(line.startswith("concurrent ") and line.rstrip().endswith(("PASS", "FAIL"))
+               for line in proc.stdout.splitlines())
+
+
 def test_unknown_benchmark_name_is_refused(tmp_path):
     proc = _bench("--only", "batch,speed", "--work", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2
-    assert "expected some of batch,cache,rss,worker, got 'batch,speed'" in proc.stderr
+    assert "expected some of batch,cache,rss,worker,concurrent, got 'batch,speed'" in proc.stderr

@@ -237,18 +237,6 @@ def test_engine_errors_come_back_as_one_line_and_the_worker_keeps_serving(worker
     assert worker_client.pid == pid
 
 
-def test_calls_from_two_threads_are_served_one_at_a_time(worker_client, inputs):
-    results = {}
-    threads = [threading.Thread(target=lambda q=q: results.update({q: worker_client.ask(inputs["image"], q)}))
-               for q in ("Is there a road?", "Is there a lake?")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert sorted(results) == ["Is there a lake?", "Is there a road?"]
-    assert all(q in r["prompt"] for q, r in results.items())
-
-
 def test_cancel_mid_request_raises_and_the_same_worker_serves_the_next(worker_client, inputs):
     pid = worker_client.pid
     started = threading.Event()

@@ -15,11 +15,14 @@ from .tiles import TilePair, TileReader
 
 
 def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] | None = None,
-               is_cancelled: Callable[[], bool] | None = None) -> ReviewSummary:
+               is_cancelled: Callable[[], bool] | None = None,
+               pause: Callable[[], None] | None = None) -> ReviewSummary:
     """Review job.before against job.after tile by tile into job.out, resuming a stopped run.
 
-    `progress(done_tiles, total_tiles)` after each committed batch; `is_cancelled()` is polled per
-    batch and during generation: a cancel keeps every committed batch and returns cancelled=True."""
+    `progress(done_tiles, total_tiles)` after each committed batch; `pause()` inside each batch between
+    its scores and its captions. Both are points where the engine is free: the worker answers the
+    questions waiting there (worker/server.py). `is_cancelled()` is polled per batch and during
+    generation: a cancel keeps every committed batch and returns cancelled=True."""
     from ..engine import Cancelled, EngineError  # here, not at the top: the package stays torch-free
 
     t0 = time.perf_counter()
@@ -42,7 +45,7 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
                         cancelled = True
                         break
                     try:
-                        results = _review_pairs(engine, job, batch.pairs, is_cancelled)
+                        results = _review_pairs(engine, job, batch.pairs, is_cancelled, pause)
                     except Cancelled:  # mid-generation: this batch is dropped, the committed ones stay
                         cancelled = True
                         break
@@ -64,8 +67,8 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
                          tiles_per_s=done / elapsed if elapsed > 0 else 0.0)
 
 
-def _review_pairs(engine, job: ReviewJob, pairs: list[TilePair],
-                  is_cancelled: Callable[[], bool] | None) -> list[TileResult]:
+def _review_pairs(engine, job: ReviewJob, pairs: list[TilePair], is_cancelled: Callable[[], bool] | None,
+                  pause: Callable[[], None] | None = None) -> list[TileResult]:
     """Scores of all pairs (one vision pass), captions of those at/above threshold (one generate call);
     the score decides "changed", the caption's own statement is kept beside it (schema.py)."""
     from ..engine import Request
@@ -73,6 +76,8 @@ def _review_pairs(engine, job: ReviewJob, pairs: list[TilePair],
     if not pairs:
         return []
     scores = engine.change_scores([(p.before, p.after) for p in pairs])          # B floats
+    if pause:
+        pause()
     wanted = [i for i, score in enumerate(scores) if job.caption_all or score >= job.threshold]
     instruction = job.instruction or prompts.CHANGE_DESCRIBE_INSTRUCTION
     answers = engine.run_batch([Request(InputKind.PAIR, [pairs[i].before, pairs[i].after], instruction)

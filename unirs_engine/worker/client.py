@@ -1,8 +1,12 @@
 """The one thing the QGIS plugin uses to reach the engine: a blocking, thread-safe client.
 
 SubprocessClient talks JSON lines (protocol.py) to `python -m unirs_engine.worker`, started lazily with
-the Python that runtime/environment.py resolves, in a clean environment, and restarted after a crash;
-InProcessClient runs the same op handlers on an Engine in this process. Both return Result.to_dict() as plain JSON types and raise the same errors.
+the Python that runtime/environment.py resolves, in a clean environment, and restarted after a crash.
+Several threads may have requests in flight on its one worker: the reader thread routes each response
+by id to its request's inbox, so a question asked during a review is answered between the review's
+batches (server.py). InProcessClient runs the same op handlers on an Engine in this process, one
+request at a time. Both return Result.to_dict() as plain JSON types and raise the same errors, and a
+request waiting its turn honours its is_cancelled within POLL_S.
 Importing this module imports no torch (QGIS imports it).
 """
 
@@ -32,7 +36,7 @@ from . import protocol
 
 log = logging.getLogger("unirs.client")
 
-POLL_S = 0.1  # how often a waiting call looks at is_cancelled()
+POLL_S = 0.1  # how often a waiting call looks at is_cancelled() (and its timeout)
 
 OnProgress = Callable[[float, str], None]
 IsCancelled = Callable[[], bool]
@@ -120,19 +124,34 @@ def _region(bounds, bounds_crs, bands) -> dict:
             "bands": [int(b) for b in bands] if bands is not None else None}
 
 
+def _stop_reason(is_cancelled: IsCancelled | None, deadline: float | None) -> str | None:
+    """"cancelled", "timed out" (time.monotonic() past deadline) or None: why a request should stop."""
+    if is_cancelled and is_cancelled():
+        return "cancelled"
+    return "timed out" if deadline is not None and time.monotonic() > deadline else None
+
+
 def _stop_error(reason: str, op: str, timeout: float | None) -> EngineClientError:
     if reason == "cancelled":
         return RequestCancelled(f"'{op}' was cancelled")
     return EngineClientError(f"the UniRS engine did not answer '{op}' within {timeout:g} s")
 
 
+def _acquire(lock: threading.Lock, stop_reason: Callable[[], str | None], op: str, timeout: float | None) -> None:
+    """Take `lock`, held by another request, looking at stop_reason() every POLL_S while waiting."""
+    while not lock.acquire(timeout=POLL_S):
+        if reason := stop_reason():
+            raise _stop_error(reason, op, timeout)
+
+
 # ---- the local worker process ---------------------------------------------------------------------
 
-_EOF = object()  # put on the message queue when the worker's stdout closes
+_EOF = object()  # put in every open inbox when the worker's stdout closes
 
 
 class _WorkerProcess:
-    """One running worker: its pipes, a reader thread turning stdout lines into messages, its log."""
+    """One running worker: its pipes, its log, and a reader thread that routes each stdout message by
+    id to the inbox of the request it answers (messages with id null are the worker's own)."""
 
     def __init__(self, command: list[str], log_path: Path):
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,11 +167,15 @@ class _WorkerProcess:
         except OSError as exc:
             self._log.close()
             raise EngineClientError(f"cannot start the UniRS worker with {command[0]}: {exc}") from exc
+        self.python = command[0]
         self.ready = False             # the "ready" line arrived
         self.greeted = False           # hello answered: both ends speak the same protocol
         self.startup_error: str | None = None
-        self.stopped_by_client = False
-        self._messages: queue.Queue = queue.Queue()
+        self.stopped_by_client: str | None = None  # why the client stopped it, if it did
+        self.heard = time.monotonic()  # when the last message came (heartbeats included)
+        self._inboxes: dict[str, queue.Queue] = {}  # request id -> its messages
+        self._inbox_lock = threading.Lock()
+        self._eof = False
         self._write_lock = threading.Lock()
         threading.Thread(target=self._read, name=f"unirs-worker-{self.proc.pid}", daemon=True).start()
 
@@ -161,18 +184,54 @@ class _WorkerProcess:
             if not line.strip():
                 continue
             try:
-                self._messages.put(protocol.decode(line))
+                msg = protocol.decode(line)
             except protocol.ProtocolError as exc:
                 log.warning("skipped a line from the UniRS worker that is not protocol: %s", exc)
+                continue
+            self.heard = time.monotonic()
+            if msg["id"] is None:
+                self._note(msg)
+                continue
+            with self._inbox_lock:
+                inbox = self._inboxes.get(msg["id"])
+            if inbox is not None:  # else: a request that stopped waiting (or a cancel's own id)
+                inbox.put(msg)
         self.proc.stdout.close()
-        self._messages.put(_EOF)
+        with self._inbox_lock:
+            self._eof = True
+            inboxes = list(self._inboxes.values())
+        for inbox in inboxes:
+            inbox.put(_EOF)
 
-    def next_message(self, timeout: float):
-        """The next message, _EOF once stdout closed, or None after `timeout` s of silence."""
-        try:
-            return self._messages.get(timeout=timeout)
-        except queue.Empty:
-            return None
+    def _note(self, msg: dict) -> None:
+        """Lines not about a request: ready, a failed start, a bad line we sent, heartbeats while loading."""
+        if msg["type"] == "ready":
+            if msg["protocol"] != protocol.PROTOCOL_VERSION:
+                self.startup_error = (f"the worker ({self.python}) speaks protocol {msg['protocol']}, "
+                                      f"this client {protocol.PROTOCOL_VERSION}: update them together")
+                self.proc.kill()  # its stdout closes: every waiting request fails with startup_error
+                return
+            self.ready = True
+            info = msg["info"]
+            log.info("UniRS worker %s ready: %s on %s", info.get("pid"), info.get("model_id"), info.get("device"))
+        elif msg["type"] == "error":
+            if self.ready:
+                log.warning("the UniRS worker rejected a line: %s", msg["error"]["message"])
+            else:
+                self.startup_error = msg["error"]["message"]
+
+    def open_inbox(self, rid: str) -> queue.Queue:
+        """The queue that will receive request `rid`'s messages (then _EOF if stdout closes)."""
+        inbox: queue.Queue = queue.Queue()
+        with self._inbox_lock:
+            if self._eof:
+                inbox.put(_EOF)
+            self._inboxes[rid] = inbox
+        return inbox
+
+    def close_inbox(self, rid: str) -> None:
+        with self._inbox_lock:
+            self._inboxes.pop(rid, None)
 
     def write(self, line: str) -> None:
         with self._write_lock:
@@ -188,15 +247,17 @@ class _WorkerProcess:
         except subprocess.TimeoutExpired:
             return None
 
-    def kill(self) -> None:
+    def kill(self, reason: str | None = None) -> None:
+        """Kill it (if alive) and reap it; `reason` is what the requests in flight are told."""
         if self.alive():
+            self.stopped_by_client = self.stopped_by_client or reason
             self.proc.kill()
         self.proc.wait()
         self._close_files()
 
     def stop(self, grace: float = 5.0) -> None:
         """Ask politely ("shutdown", stdin EOF), then terminate, then kill."""
-        self.stopped_by_client = True
+        self.stopped_by_client = "the client was closed"
         if self.alive():
             try:
                 self.write(protocol.encode(protocol.request("shutdown", "shutdown")))
@@ -263,7 +324,7 @@ class SubprocessClient(EngineClient):
         self.startup_timeout = startup_timeout        # silence allowed before "ready" (model load)
         self.inactivity_timeout = inactivity_timeout  # silence allowed after: heartbeats reset it
         self.cancel_grace = cancel_grace              # wait for "cancelled" before killing the worker
-        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()  # one thread starts (and greets) a worker; writes have their own
         self._worker: _WorkerProcess | None = None
         self._ids = itertools.count(1)
         _LIVE.add(self)
@@ -276,9 +337,16 @@ class SubprocessClient(EngineClient):
 
     def run(self, op: str, params: dict, *, on_progress: OnProgress | None = None,
             is_cancelled: IsCancelled | None = None, timeout: float | None = None) -> dict:
-        with self._lock:
-            if is_cancelled and is_cancelled():
-                raise RequestCancelled(f"'{op}' was cancelled")
+        if is_cancelled and is_cancelled():
+            raise RequestCancelled(f"'{op}' was cancelled")
+        worker = self._greeted_worker(op, on_progress, is_cancelled)
+        return self._exchange(worker, op, params, on_progress, is_cancelled, timeout)
+
+    def _greeted_worker(self, op: str, on_progress: OnProgress | None,
+                        is_cancelled: IsCancelled | None) -> _WorkerProcess:
+        """The worker, started and greeted first if need be (other callers wait, minding their cancel)."""
+        _acquire(self._start_lock, lambda: _stop_reason(is_cancelled, None), op, None)
+        try:
             worker = self._worker
             if worker is not None and not worker.alive():  # died between requests
                 log.warning("the UniRS worker had exited (%s): starting a new one; last words: %s",
@@ -293,7 +361,9 @@ class SubprocessClient(EngineClient):
             if not worker.greeted:
                 self._exchange(worker, "hello", {"protocol": protocol.PROTOCOL_VERSION}, None, is_cancelled, None)
                 worker.greeted = True
-            return self._exchange(worker, op, params, on_progress, is_cancelled, timeout)
+            return worker
+        finally:
+            self._start_lock.release()
 
     def _command(self) -> list[str]:
         """The worker's command line, with the engine's Python resolved now (a setup may have just
@@ -307,49 +377,55 @@ class SubprocessClient(EngineClient):
         return [found.python, *self._worker_args]
 
     def close(self) -> None:
-        # No request lock: closing must not wait for an answer in flight (plugin unload).
+        # No lock: closing must not wait for an answer in flight (plugin unload); those fail.
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.stop()
 
     def _exchange(self, worker: _WorkerProcess, op: str, params: dict, on_progress: OnProgress | None,
                   is_cancelled: IsCancelled | None, timeout: float | None) -> dict:
-        """Send one request and wait for its final response, minding cancel, timeouts and death."""
+        """Send one request and wait for its final response (other threads' requests may be in
+        flight on the same worker meanwhile)."""
         rid = f"{op}-{next(self._ids)}"
-        self._send(worker, protocol.request(rid, op, params), op)
-        started = heard = time.monotonic()
+        inbox = worker.open_inbox(rid)
+        try:
+            self._send(worker, protocol.request(rid, op, params), op)
+            return self._await(worker, rid, inbox, op, on_progress, is_cancelled, timeout)
+        finally:
+            worker.close_inbox(rid)
+
+    def _await(self, worker: _WorkerProcess, rid: str, inbox: queue.Queue, op: str,
+               on_progress: OnProgress | None, is_cancelled: IsCancelled | None, timeout: float | None) -> dict:
+        """Request rid's final response from its inbox, minding cancel, timeouts and death."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         stop_reason, give_up_at = None, 0.0  # "cancelled" | "timed out"; when to stop waiting for it
         while True:
-            msg = worker.next_message(POLL_S)
-            now = time.monotonic()
+            try:
+                msg = inbox.get(timeout=POLL_S)
+            except queue.Empty:
+                msg = None
             if msg is _EOF:
                 raise self._died(worker, op)
             if msg is not None:
-                heard = now
-                if msg["id"] is None:
-                    self._worker_note(worker, msg)
-                elif msg["id"] == rid:
-                    if msg["type"] == "progress":
-                        if on_progress and stop_reason is None:
-                            on_progress(msg["fraction"], msg["message"])
-                    elif msg["type"] in protocol.FINAL_TYPES:
-                        return self._final(msg, op, stop_reason, timeout)
+                if msg["type"] == "progress":
+                    if on_progress and stop_reason is None:
+                        on_progress(msg["fraction"], msg["message"])
+                elif msg["type"] in protocol.FINAL_TYPES:
+                    return self._final(msg, op, stop_reason, timeout)
+            now = time.monotonic()
             if stop_reason is None:
-                if is_cancelled and is_cancelled():
-                    stop_reason = "cancelled"
-                elif timeout is not None and now - started > timeout:
-                    stop_reason = "timed out"
+                stop_reason = _stop_reason(is_cancelled, deadline)
                 if stop_reason:
                     self._send(worker, protocol.request(f"{rid}-cancel", "cancel", {"target": rid}), op)
                     give_up_at = now + self.cancel_grace
             elif now > give_up_at:
                 log.warning("the UniRS worker did not confirm the cancel of %s in %g s: killing it", rid,
                             self.cancel_grace)
-                self._discard(worker)
+                self._discard(worker, f"it did not confirm the cancel of '{op}' within {self.cancel_grace:g} s")
                 raise _stop_error(stop_reason, op, timeout)
             limit = self.inactivity_timeout if worker.ready else self.startup_timeout
-            if now - heard > limit:
-                self._discard(worker)
+            if now - worker.heard > limit:
+                self._discard(worker, f"it sent nothing for {limit:g} s (log: {self.log_path})")
                 raise EngineClientError(f"the UniRS worker sent nothing for {limit:g} s while answering "
                                         f"'{op}' and was stopped (log: {self.log_path})")
 
@@ -364,22 +440,6 @@ class SubprocessClient(EngineClient):
             raise EngineClientError(protocol.error_text(err["type"], err["message"]), err["type"])
         raise RequestCancelled(f"the UniRS worker cancelled '{op}'")
 
-    def _worker_note(self, worker: _WorkerProcess, msg: dict) -> None:
-        """Lines not about a request: ready, a failed start, a bad line we sent, heartbeats while loading."""
-        if msg["type"] == "ready":
-            if msg["protocol"] != protocol.PROTOCOL_VERSION:
-                self._discard(worker)
-                raise EngineClientError(f"the UniRS worker ({self.python}) speaks protocol {msg['protocol']}, "
-                                        f"this client {protocol.PROTOCOL_VERSION}: update them together")
-            worker.ready = True
-            info = msg["info"]
-            log.info("UniRS worker %s ready: %s on %s", info.get("pid"), info.get("model_id"), info.get("device"))
-        elif msg["type"] == "error":
-            if worker.ready:
-                log.warning("the UniRS worker rejected a line: %s", msg["error"]["message"])
-            else:
-                worker.startup_error = msg["error"]["message"]
-
     def _send(self, worker: _WorkerProcess, msg: dict, op: str) -> None:
         line = protocol.encode(msg)  # bad params fail here, in the caller, not as a dead worker
         try:
@@ -391,15 +451,16 @@ class SubprocessClient(EngineClient):
         code = worker.wait_exit(5.0)
         self._discard(worker)  # reaps it (killing it if it closed stdout but lingers) and closes files
         if worker.stopped_by_client:
-            return EngineClientError(f"the UniRS worker was stopped while answering '{op}'")
+            return EngineClientError(f"the UniRS worker was stopped while answering '{op}': "
+                                     f"{worker.stopped_by_client}")
         if worker.startup_error:
             return EngineUnavailable(f"the UniRS engine could not start: {worker.startup_error}")
         doing = f"answering '{op}'" if worker.ready else "starting"
         detail = worker.stderr_tail() or f"no output (log: {self.log_path})"
         return WorkerDied(f"UniRS worker exited ({_describe_exit(code)}) while {doing}: {detail}")
 
-    def _discard(self, worker: _WorkerProcess) -> None:
-        worker.kill()
+    def _discard(self, worker: _WorkerProcess, reason: str | None = None) -> None:
+        worker.kill(reason)
         if self._worker is worker:
             self._worker = None
 
@@ -417,7 +478,10 @@ def _close_all() -> None:
 # ---- in-process --------------------------------------------------------------------------------
 
 class InProcessClient(EngineClient):
-    """The engine loaded into this process on first use (torch imported then)."""
+    """The engine loaded into this process on first use (torch imported then).
+
+    Requests run one at a time in their callers' threads: a question waits for a running review to
+    end (no interleaving here, unlike the worker), but its cancel or timeout is honoured while it waits."""
 
     mode = "inprocess"
 
@@ -435,11 +499,10 @@ class InProcessClient(EngineClient):
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def stop_reason() -> str | None:
-            if is_cancelled and is_cancelled():
-                return "cancelled"
-            return "timed out" if deadline is not None and time.monotonic() > deadline else None
+            return _stop_reason(is_cancelled, deadline)
 
-        with self._lock:
+        _acquire(self._lock, stop_reason, op, timeout)
+        try:
             if reason := stop_reason():
                 raise _stop_error(reason, op, timeout)
             try:
@@ -454,6 +517,8 @@ class InProcessClient(EngineClient):
                 raise EngineClientError(protocol.error_text(type(exc).__name__, str(exc)), type(exc).__name__) from exc
             if reason := stop_reason():
                 raise _stop_error(reason, op, timeout)
+        finally:
+            self._lock.release()
         return json.loads(json.dumps(payload))  # the same plain JSON types the worker would send
 
     def _loaded(self, on_progress: OnProgress | None):

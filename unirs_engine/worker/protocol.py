@@ -7,11 +7,12 @@ Requests (client -> worker): {"id": str, "op": str, "params": {...}}. Ops are "h
 Responses (worker -> client): {"id": str | None, "type": ..., ...}
   ready      {"protocol": int, "info": {...}}   once, id None, after the model loaded
   progress   {"fraction": float, "message": str}
-  heartbeat  {}                                 every few seconds while busy (id None while loading)
+  heartbeat  {}                                 every few seconds per request in progress (id None while loading)
   result     {"result": {...}}                  Result.to_dict() for ask/change/classify
   error      {"error": {"type": str, "message": str}}   id None: the line or the start itself failed
   cancelled  {}
-Each request gets exactly one final response: result, error or cancelled.
+Each request gets exactly one final response: result, error or cancelled. Responses to different
+requests may interleave (a "review" lets waiting requests run between its batches): match them by id.
 Inputs travel as file paths, never as pixels.
 """
 

@@ -4,9 +4,14 @@
 
 Protocol lines go to a private duplicate of the original stdout; fd 1 and sys.stdout are pointed at
 stderr before anything else is imported, so prints from libraries (or C code) cannot corrupt them.
-A reader thread takes stdin lines into a queue, so a "cancel" is seen while a request runs;
-requests run one at a time in the main thread. stdin EOF or "shutdown" ends the worker with code 0;
-a model that fails to load gives an "error" line with id null and code 2.
+A reader thread takes stdin lines into a queue, so a "cancel" is seen while a request runs, and a
+cancelled request still in the queue is dropped and answered "cancelled" at once. Requests run in the
+main thread only (the engine and its torch model are single-threaded), one at a time, except that a
+long op (LONG_OPS: "review", possibly hours) serves the short requests waiting in the queue each time
+it reports progress, i.e. between its batches, when the engine is free: a question asked during a
+review is answered after at most the review's current batch. Another long op waits its turn. Heartbeats
+go out for every request in progress (the long op and the one it serves). stdin EOF or "shutdown" ends
+the worker with code 0; a model that fails to load gives an "error" line with id null and code 2.
 
 Ops are looked up in a registry: `register_op(name, handler)` with
 `handler(engine, params, progress, is_cancelled) -> dict`. The in-process client runs the same
@@ -21,10 +26,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import queue
 import sys
 import threading
 import traceback
+from collections import deque
 from typing import Any, BinaryIO, Callable
 
 from . import protocol
@@ -34,6 +39,9 @@ log = logging.getLogger("unirs.worker")
 Progress = Callable[[float, str], None]
 Handler = Callable[[Any, dict, Progress, Callable[[], bool]], dict]
 OPS: dict[str, Handler] = {}
+# Ops that may run for hours; their handlers call progress only where the engine is free (between
+# batches), and the worker serves waiting short requests there.
+LONG_OPS = ("review",)
 
 
 def register_op(name: str, handler: Handler) -> None:
@@ -104,8 +112,13 @@ def _review(engine, params, progress, is_cancelled) -> dict:
     from ..review import ReviewJob, run_review
 
     job = ReviewJob.from_dict({k: v for k, v in params.items() if k != "model"})  # the worker's model reviews
-    summary = run_review(engine, job, is_cancelled=is_cancelled,
-                         progress=lambda done, total: progress(done / total, f"tile {done}/{total}"))
+    last = [0.0, "review: started"]   # repeated at each pause: reporting is where waiting requests run
+
+    def report(done: int, total: int) -> None:
+        last[:] = [done / total, f"tile {done}/{total}"]
+        progress(*last)
+
+    summary = run_review(engine, job, is_cancelled=is_cancelled, progress=report, pause=lambda: progress(*last))
     return summary.to_dict()
 
 
@@ -123,13 +136,10 @@ class Worker:
         self.engine = None
         self._out = out
         self._write_lock = threading.Lock()
-        self._state_lock = threading.Lock()
-        self._requests: queue.Queue[dict | None] = queue.Queue()
-        self._queued: set[str] = set()           # ids waiting in _requests
-        self._dropped: set[str] = set()          # queued ids cancelled before they ran
-        self._running: str | None = None         # id of the request in the main thread
-        self._cancel = threading.Event()         # set: the running request was cancelled
-        self._busy = True                        # loading counts as busy (heartbeats with id None)
+        self._state = threading.Condition()      # guards _queue and _running; notified on arrivals
+        self._queue: deque[dict | None] = deque()  # requests not started yet; None: stdin ended
+        # Requests in the main thread (a long op, and a short one it serves) -> their cancel events.
+        self._running: dict[str, threading.Event] = {}
         self._stop = threading.Event()
         self._heartbeat_s = heartbeat_s
 
@@ -150,7 +160,7 @@ class Worker:
                 if raw.strip():
                     self._take(raw)
         finally:
-            self._requests.put(None)  # EOF (or a dead client): finish what is queued, then exit
+            self._enqueue(None)  # EOF (or a dead client): finish what is queued, then exit
 
     def _take(self, raw: bytes) -> None:
         try:
@@ -163,72 +173,96 @@ class Worker:
             return
         if msg["op"] == "cancel":
             self._cancel_request(msg["params"]["target"])
-            return
-        with self._state_lock:
-            self._queued.add(msg["id"])
-        self._requests.put(msg)
+        else:
+            self._enqueue(msg)
+
+    def _enqueue(self, msg: dict | None) -> None:
+        with self._state:
+            self._queue.append(msg)
+            self._state.notify()
 
     def _cancel_request(self, target: str) -> None:
-        with self._state_lock:
-            if target == self._running:
-                self._cancel.set()       # the handler's is_cancelled() turns True
+        with self._state:
+            if target in self._running:
+                self._running[target].set()  # the handler's is_cancelled() turns True
                 return
-            if target not in self._queued or target in self._dropped:
+            queued = next((m for m in self._queue if m is not None and m["id"] == target), None)
+            if queued is None:
                 log.info("cancel of %s ignored: not queued or running", target)
                 return
-            self._dropped.add(target)
+            self._queue.remove(queued)
+        log.info("%s cancelled while queued", target)
         self.send(protocol.cancelled(target))
 
     # heartbeat thread
     def _beat(self) -> None:
         while not self._stop.wait(self._heartbeat_s):
-            with self._state_lock:
-                busy, rid = self._busy, self._running
-            if busy:
-                try:
+            with self._state:  # while loading: one heartbeat with id None
+                ids = list(self._running) if self.engine is not None else [None]
+            try:
+                for rid in ids:
                     self.send(protocol.heartbeat(rid))
-                except OSError:  # the client is gone
-                    return
+            except OSError:  # the client is gone
+                return
 
     # main thread
     def serve(self, engine) -> int:
         self.engine = engine
-        with self._state_lock:
-            self._busy = False
         self.send(protocol.ready(_info(engine, {}, None, None)))
         while True:
-            msg = self._requests.get()
-            if msg is None:
-                return 0
-            with self._state_lock:  # dequeue and mark running at once, so no cancel falls between
-                self._queued.discard(msg["id"])
-                if msg["id"] in self._dropped:
-                    self._dropped.discard(msg["id"])
-                    continue
-                self._running, self._busy = msg["id"], True
-                self._cancel.clear()
-            if msg["op"] == "shutdown":
-                self.send(protocol.result(msg["id"], {}))
-                return 0
+            with self._state:
+                self._state.wait_for(lambda: self._queue)
+                msg = self._queue[0]
+                if msg is None or msg["op"] == "shutdown":
+                    break
+                self._start(msg)
             self._handle(msg)
+        if msg is not None:
+            self.send(protocol.result(msg["id"], {}))
+        return 0
+
+    def serve_waiting(self) -> None:
+        """Run the short requests waiting now, in order, then return (to the long op that called).
+        Other long ops stay queued; nothing queued after a shutdown or stdin's end runs."""
+        while (msg := self._take_short()) is not None:
+            self._handle(msg)
+
+    def _take_short(self) -> dict | None:
+        """The first waiting short request, started; None when none comes before a shutdown or EOF."""
+        with self._state:
+            for msg in self._queue:
+                if msg is None or msg["op"] == "shutdown":
+                    return None
+                if msg["op"] not in LONG_OPS:
+                    self._start(msg)
+                    return msg
+        return None
+
+    def _start(self, msg: dict) -> None:
+        """Dequeue msg and mark it running at once, so no cancel falls between (hold _state)."""
+        self._queue.remove(msg)
+        self._running[msg["id"]] = threading.Event()
 
     def _handle(self, msg: dict) -> None:
         rid, op = msg["id"], msg["op"]
+        cancel = self._running[rid]
 
         def progress(fraction: float, message: str) -> None:
             self.send(protocol.progress(rid, fraction, message))
+            if op in LONG_OPS:
+                self.serve_waiting()  # between the long op's batches: the engine is free
 
         try:
-            payload = run_op(self.engine, op, msg["params"], progress, self._cancel.is_set)
-            reply = protocol.cancelled(rid) if self._cancel.is_set() else protocol.result(rid, payload)
+            payload = run_op(self.engine, op, msg["params"], progress, cancel.is_set)
+            reply = protocol.cancelled(rid) if cancel.is_set() else protocol.result(rid, payload)
         except Exception as exc:  # any failure is an answer; the worker keeps serving
-            if self._cancel.is_set():  # e.g. the engine's Cancelled
+            if cancel.is_set():  # e.g. the engine's Cancelled
                 reply = protocol.cancelled(rid)
             else:
                 log.error("op '%s' (%s) failed:\n%s", op, rid, traceback.format_exc())
                 reply = protocol.error(rid, type(exc).__name__, str(exc))
-        with self._state_lock:
-            self._running, self._busy = None, False
+        with self._state:
+            del self._running[rid]
         try:
             self.send(reply)
         except (TypeError, ValueError) as exc:  # the payload is not JSON-serialisable
