@@ -47,6 +47,16 @@ def run_qgis_desktop(script: Path, workdir: Path, env: dict[str, str], window: t
     return 0
 
 
+def grab_window(window, out: Path) -> bool:
+    """Inside QGIS: save a screenshot of `window` to `out` (written whole, then moved into place)."""
+    partial = out.with_suffix(".part.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not window.grab().save(str(partial), "PNG"):
+        return False
+    os.replace(partial, out)
+    return True
+
+
 def finish(workdir: Path, status: dict) -> None:
     """Inside QGIS: write the report and quit."""
     from qgis.core import QgsApplication, QgsProject

@@ -84,10 +84,7 @@ def run_inside_qgis(workdir: Path) -> None:
             return steps.pop(0)()
         timer.stop()
         out = Path(os.environ["UNIRS_SCREENSHOT_OUT"])
-        partial = out.with_suffix(".part.png")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if window.grab().save(str(partial), "PNG"):
-            os.replace(partial, out)
+        if qgis_desktop.grab_window(window, out):
             status["png"] = str(out)
         status["tile"] = panel.info_label.text()
         status["ok"] = bool(status.get("png")) and not status["errors"]

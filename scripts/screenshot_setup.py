@@ -70,10 +70,7 @@ def run_inside_qgis(workdir: Path) -> None:
     status: dict = {"ok": False, "shots": [], "errors": []}
 
     def shoot(name: str) -> None:
-        partial = out / f"{name}.part.png"
-        out.mkdir(parents=True, exist_ok=True)
-        if window.grab().save(str(partial), "PNG"):
-            os.replace(partial, out / f"{name}.png")
+        if qgis_desktop.grab_window(window, out / f"{name}.png"):
             status["shots"].append(str(out / f"{name}.png"))
         else:
             status["errors"].append(f"could not save {name}")

@@ -1,62 +1,25 @@
 """Write one engine answer back into the project, in the four places that survive save and reload.
 
-1. a point-text note in the "UniRS notes" annotation layer, at the centre of what the model saw;
-2. a feature in the answers GeoPackage (the table for the task), shown as a labelled layer;
+1. a map note in the "UniRS notes" annotation layer (notes.py: one note per area, never overlapping);
+2. a feature in the project's answers GeoPackage (the table for the task), whose layer draws the
+   footprint's outline (answers_store.py: one store per project, layers in the "UniRS" group);
 3. a history line in each source layer's QgsLayerMetadata (Layer Properties > Metadata);
 4. a JSON record list in each source layer's custom property "unirs/answers" (the dock's history).
-Annotation-layer custom properties are not saved on QGIS 3.22, so the note's item id is kept in (4).
 """
 
 from __future__ import annotations
 
-import json
-import textwrap
 import uuid
 
-from qgis.core import (QgsAnnotationLayer, QgsAnnotationPointTextItem, QgsCoordinateReferenceSystem,
-                       QgsCoordinateTransform, QgsFillSymbol, QgsMapLayer, QgsPalLayerSettings,
-                       QgsPointXY, QgsProject, QgsRectangle, QgsTextBufferSettings, QgsTextFormat,
-                       QgsVectorLayer, QgsVectorLayerSimpleLabeling)
+from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsMapLayer, QgsMapSettings, QgsMessageLog,
+                       QgsProject, QgsRectangle)
 from qgis.PyQt.QtCore import QDate, QDateTime, Qt
-from qgis.PyQt.QtGui import QColor
 
-from . import answers
+from . import answers, answers_store
+from .answers_store import answers_of
 from .dates import layer_date
+from .notes import add_to_note
 from .settings import PluginSettings
-
-NOTES_LAYER_NAME = "UniRS notes"
-ANSWERS_PROPERTY = "unirs/answers"
-NOTE_WIDTH, NOTE_LINES = 48, 3   # characters per line / answer lines of a map note
-LABEL_EXPRESSION = {"ask": '"answer"', "change": '"caption"',
-                    "classify": 'coalesce("label", "answer")'}
-
-
-def answers_of(layer: QgsMapLayer) -> list[dict]:
-    """The answer records stored on `layer` (oldest first); [] when there are none."""
-    raw = layer.customProperty(ANSWERS_PROPERTY, "")
-    if not raw:
-        return []
-    try:
-        records = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"layer '{layer.name()}': custom property {ANSWERS_PROPERTY} is not JSON "
-                         f"({exc})") from None
-    if not isinstance(records, list):
-        raise ValueError(f"layer '{layer.name()}': custom property {ANSWERS_PROPERTY} is not a list")
-    return records
-
-
-def note_text(question: str, answer: str | None) -> str:
-    """The map note: the question on one line, the answer wrapped below it, both kept short (the
-    full text is in the GeoPackage and the layer's history)."""
-    question = " ".join(question.split())
-    if len(question) > NOTE_WIDTH:
-        question = question[:NOTE_WIDTH - 1] + "…"
-    lines = textwrap.wrap(answer or "", NOTE_WIDTH) or [""]
-    if len(lines) > NOTE_LINES:
-        lines = lines[:NOTE_LINES]
-        lines[-1] = lines[-1][:NOTE_WIDTH - 1] + "…"
-    return "\n".join([question, *lines])
 
 
 def _queried_area(result: dict, source_layers: list[QgsMapLayer]
@@ -68,77 +31,13 @@ def _queried_area(result: dict, source_layers: list[QgsMapLayer]
     return source_layers[0].extent(), source_layers[0].crs()
 
 
-def notes_layer(project: QgsProject, crs: QgsCoordinateReferenceSystem) -> QgsAnnotationLayer:
-    """The project's "UniRS notes" annotation layer, created in `crs` when missing."""
-    for layer in project.mapLayersByName(NOTES_LAYER_NAME):
-        if isinstance(layer, QgsAnnotationLayer):
-            return layer
-    layer = QgsAnnotationLayer(NOTES_LAYER_NAME,
-                               QgsAnnotationLayer.LayerOptions(project.transformContext()))
-    layer.setCrs(crs)
-    project.addMapLayer(layer)
-    return layer
-
-
-def _note_format() -> QgsTextFormat:
-    """Dark text on a white halo: readable on any imagery."""
-    fmt = QgsTextFormat()
-    fmt.setSize(9)
-    fmt.setColor(QColor(20, 20, 60))
-    buffer = QgsTextBufferSettings()
-    buffer.setEnabled(True)
-    buffer.setSize(1.2)
-    buffer.setColor(QColor(255, 255, 255, 230))
-    fmt.setBuffer(buffer)
-    return fmt
-
-
-def _add_note(project: QgsProject, area: QgsRectangle, crs: QgsCoordinateReferenceSystem,
-              text: str) -> tuple[QgsAnnotationLayer, str]:
-    layer = notes_layer(project, crs)
-    centre = QgsPointXY(area.center())
-    if crs.isValid() and layer.crs().isValid() and crs != layer.crs():
-        centre = QgsCoordinateTransform(crs, layer.crs(), project).transform(centre)
-    item = QgsAnnotationPointTextItem(text, centre)
-    item.setFormat(_note_format())
-    item.setAlignment(Qt.AlignLeft)
-    item_id = layer.addItem(item)
-    layer.triggerRepaint()
-    return layer, item_id
-
-
-def answers_layer(project: QgsProject, gpkg_path: str, table: str) -> QgsVectorLayer:
-    """The project layer showing `table` of the answers GeoPackage (added once, labelled)."""
-    wanted = answers.open_table(gpkg_path, table).source()
-    for layer in project.mapLayers().values():
-        if isinstance(layer, QgsVectorLayer) and layer.source() == wanted:
-            layer.reload()            # the feature was written through another connection
-            layer.updateExtents()
-            layer.triggerRepaint()
-            return layer
-    layer = answers.open_table(gpkg_path, table, f"UniRS answers ({table})")
-    if not layer.isValid():
-        raise OSError(f"cannot open table {table!r} of {gpkg_path}")
-    layer.renderer().setSymbol(QgsFillSymbol.createSimple(
-        {"color": "0,0,0,0", "outline_color": "255,170,0,255", "outline_width": "0.6"}))
-    label = QgsPalLayerSettings()
-    label.fieldName = LABEL_EXPRESSION[table]
-    label.isExpression = True
-    label.placement = QgsPalLayerSettings.OutsidePolygons   # the map note sits at the centre
-    layer.setLabeling(QgsVectorLayerSimpleLabeling(label))
-    layer.setLabelsEnabled(True)
-    project.addMapLayer(layer)
-    return layer
-
-
 def _gpkg_attributes(result: dict, source_layers: list[QgsMapLayer], question: str,
-                     crs: QgsCoordinateReferenceSystem) -> dict:
+                     crs: QgsCoordinateReferenceSystem, dates: list[QDate | None]) -> dict:
     """Attributes the result itself does not carry (which layers, dates, the question)."""
     if result["task"] == "change":
         before, after = source_layers[0], source_layers[-1]
         return {"layer_before": before.name(), "layer_after": after.name(),
-                "date_before": layer_date(before) or QDate(),
-                "date_after": layer_date(after) or QDate()}
+                "date_before": dates[0] or QDate(), "date_after": dates[-1] or QDate()}
     if result["task"] == "classify":
         return {}
     return {"question": question, "layer": ", ".join(layer.name() for layer in source_layers),
@@ -146,8 +45,7 @@ def _gpkg_attributes(result: dict, source_layers: list[QgsMapLayer], question: s
 
 
 def _append_to_layer(layer: QgsMapLayer, record: dict) -> None:
-    records = answers_of(layer) + [record]
-    layer.setCustomProperty(ANSWERS_PROPERTY, json.dumps(records))
+    answers_store.set_answers(layer, answers_of(layer) + [record])
     metadata = layer.metadata()
     metadata.addHistoryItem(f"{record['created']} UniRS {record['task']} ({record['model']}): "
                             f"{record['question']} -> {record['answer']}")
@@ -155,20 +53,25 @@ def _append_to_layer(layer: QgsMapLayer, record: dict) -> None:
 
 
 def record_answer(project: QgsProject, source_layers: list[QgsMapLayer], result: dict,
-                  question: str, *, answers_gpkg: str | None = None) -> dict:
+                  question: str, *, answers_gpkg: str | None = None, view: QgsMapSettings | None = None,
+                  dates: list[QDate | None] | None = None) -> dict:
     """Write `result` (Result.to_dict() of an answer about `source_layers`) back into `project`.
-    `answers_gpkg` defaults to the plugin setting. Returns the stored record (see module doc)."""
+    `answers_gpkg` defaults to the project's store; `view` (the canvas's map settings) places and
+    scales the note; `dates` are the source layers' dates (default: their own). Returns the stored
+    record (see module doc)."""
     if not source_layers:
         raise ValueError("record_answer: no source layer given")
     task = result["task"]
     table = answers.TABLES[task]
     area, crs = _queried_area(result, source_layers)
     gpkg_path = answers_gpkg or PluginSettings.load().answers_path(project)
+    dates = dates or [layer_date(layer) for layer in source_layers]
+    answers_store.watch(project)
 
-    notes, item_id = _add_note(project, area, crs, note_text(question, result.get("answer")))
+    notes, item_id = add_to_note(project, area, crs, question, result.get("answer"), view)
     fid = answers.append_answer(gpkg_path, table, result,
-                                **_gpkg_attributes(result, source_layers, question, crs))
-    gpkg_layer = answers_layer(project, gpkg_path, table)
+                                **_gpkg_attributes(result, source_layers, question, crs, dates))
+    gpkg_layer = answers_store.answers_layer(project, gpkg_path, table)
 
     record = {
         "id": uuid.uuid4().hex[:12],
@@ -181,6 +84,7 @@ def record_answer(project: QgsProject, source_layers: list[QgsMapLayer], result:
         "device": result.get("device"),
         "extra": result.get("extra") or {},
         "layers": [layer.id() for layer in source_layers],
+        "dates": [date.toString(Qt.ISODate) if date else None for date in dates],
         "extent": [area.xMinimum(), area.yMinimum(), area.xMaximum(), area.yMaximum()],
         "extent_crs": crs.authid() or crs.toWkt(),
         "note": {"layer": notes.id(), "item": item_id},
@@ -189,4 +93,8 @@ def record_answer(project: QgsProject, source_layers: list[QgsMapLayer], result:
     for layer in {layer.id(): layer for layer in source_layers}.values():
         _append_to_layer(layer, record)
     project.setDirty(True)
+    QgsMessageLog.logMessage(f"answer written: table '{table}' of {gpkg_path} (feature {fid}), "
+                             f"note in '{notes.name()}', history of "
+                             + ", ".join(f"'{layer.name()}'" for layer in source_layers),
+                             answers_store.LOG_TAG, Qgis.Info)
     return record

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 
+from osgeo import ogr
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeature, QgsField,
                        QgsFields, QgsGeometry, QgsProject, QgsRectangle, QgsVectorFileWriter,
                        QgsVectorLayer, QgsWkbTypes)
 from qgis.PyQt.QtCore import QDate, QDateTime, QVariant
+
+from .answer_style import style_answers_file
 
 TABLES = {"ask": "ask", "change": "change", "classify": "classify"}  # result["task"] -> table
 
@@ -115,23 +118,41 @@ def _create_table(gpkg_path: str, table: str, fields: QgsFields,
     del writer  # closes the file
 
 
+def table_exists(gpkg_path: str, table: str) -> bool:
+    """True when `gpkg_path` has `table` (asked of GDAL directly: a QgsVectorLayer on a missing file
+    or table logs OGR warnings)."""
+    if not os.path.isfile(gpkg_path):
+        return False
+    ds = ogr.Open(gpkg_path)
+    return ds is not None and ds.GetLayerByName(table) is not None
+
+
+def table_uri(gpkg_path: str, table: str) -> str:
+    return f"{gpkg_path}|layername={table}"
+
+
 def open_table(gpkg_path: str, table: str, name: str | None = None) -> QgsVectorLayer:
     """The answers table as an (OGR) vector layer; invalid if the file or table does not exist."""
-    return QgsVectorLayer(f"{gpkg_path}|layername={table}", name or table, "ogr")
+    return QgsVectorLayer(table_uri(gpkg_path, table), name or table, "ogr")
+
+
+def ensure_table(gpkg_path: str, task: str, crs: QgsCoordinateReferenceSystem) -> None:
+    """Create the table of `task` in `gpkg_path` (and the file) when missing, with its default style."""
+    table = TABLES[task]
+    if table_exists(gpkg_path, table):
+        return
+    _create_table(gpkg_path, table, FIELDS_FOR_TASK[task](),
+                  crs if crs.isValid() else QgsCoordinateReferenceSystem("EPSG:4326"))
+    style_answers_file(table_uri(gpkg_path, table), task)
 
 
 def append_answer(gpkg_path: str, table: str, result: dict, **attrs) -> int:
     """Append one answer to `table` of `gpkg_path` (file and table are created when missing, in the
     footprint's CRS) and return the new feature id."""
-    fields = FIELDS_FOR_TASK[result["task"]]()
+    ensure_table(gpkg_path, result["task"], footprint_crs(result))
     layer = open_table(gpkg_path, table)
     if not layer.isValid():
-        crs = footprint_crs(result)
-        _create_table(gpkg_path, table, fields, crs if crs.isValid() else
-                      QgsCoordinateReferenceSystem("EPSG:4326"))
-        layer = open_table(gpkg_path, table)
-        if not layer.isValid():
-            raise OSError(f"cannot open table {table!r} of {gpkg_path} after creating it")
+        raise OSError(f"cannot open table {table!r} of {gpkg_path}")
     feature = feature_from_result(result, layer.fields(), dest_crs=layer.crs(), **attrs)
     ok, added = layer.dataProvider().addFeatures([feature])
     if not ok:

@@ -1,7 +1,8 @@
 """The one shared engine client of the plugin: created lazily, recreated when settings change.
 
-The client is thread-safe (one request at a time), so Processing algorithms running in background
-threads and the dock's QgsTask can all use it. The worker (a subprocess by default) is itself started
+The client is thread-safe and several requests may be in flight at once (a question from the dock
+is answered between the batches of a review that runs in Processing), so Processing algorithms in
+background threads and the dock's QgsTasks can all use it. The worker (a subprocess by default) is itself started
 lazily by the client on its first request and restarted by it after a crash.
 """
 
@@ -19,11 +20,13 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _client: EngineClient | None = None
 _client_key: tuple | None = None
+_last_info: dict | None = None   # the engine's last info() seen (About shows it without asking)
 
 
-def _key(settings: PluginSettings) -> tuple:
-    """The settings that decide which worker we talk to (clue is per request, not per worker)."""
-    return (settings.mode, settings.model_dir, settings.python, settings.device)
+def engine_key(settings: PluginSettings) -> tuple:
+    """The settings that decide which worker we talk to (a change starts another worker; asking
+    for a clue is per request, the clue model is loaded by the worker)."""
+    return (settings.mode, settings.model_dir, settings.python, settings.device, settings.clue_model_dir)
 
 
 def get_client(settings: PluginSettings | None = None) -> EngineClient:
@@ -33,7 +36,7 @@ def get_client(settings: PluginSettings | None = None) -> EngineClient:
 
     global _client, _client_key
     settings = settings or PluginSettings.load()
-    key = _key(settings)
+    key = engine_key(settings)
     with _lock:
         if _client is not None and _client_key != key:
             _client.close()
@@ -44,9 +47,28 @@ def get_client(settings: PluginSettings | None = None) -> EngineClient:
                 model_dir=settings.model_dir or os.environ.get("UNIRS_MODEL") or None,
                 python=settings.python or None,
                 device=None if settings.device == "auto" else settings.device,
+                clue_model_dir=settings.clue_model_dir or None,
             )
             _client_key = key
         return _client
+
+
+def is_running(client: EngineClient) -> bool:
+    """True when `client` has a live worker (its next request does not wait for a model load).
+    In-process clients report True: their load is announced by the engine's own progress."""
+    return client.mode != "subprocess" or client.pid is not None
+
+
+def remember_info(info: dict) -> dict:
+    """Keep `info` (client.info()) for last_info(); returns it."""
+    global _last_info
+    _last_info = dict(info)
+    return info
+
+
+def last_info() -> dict | None:
+    """The engine's info from the last answer of this session, or None before the first one."""
+    return _last_info
 
 
 def shutdown_client() -> None:

@@ -1,6 +1,7 @@
 """Turn any QGIS raster layer into a file the engine (another process) can open.
 
-A file-backed GDAL layer is passed by path. Anything else (WMS/XYZ tiles, in-memory GDAL datasets,
+A file-backed GDAL layer is passed by path (unless asked to clip it: requests without bounds, like a
+sequence, get only the extent that way). Anything else (WMS/XYZ tiles, in-memory GDAL datasets,
 /vsimem/ files, other providers) is pulled through its QGIS data provider over the requested extent
 and written to a temporary GeoTIFF with QgsRasterFileWriter.
 """
@@ -11,6 +12,7 @@ import math
 import os
 import tempfile
 
+from osgeo import gdal
 from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsFeedback, QgsProject,
                        QgsRasterBlockFeedback, QgsRasterDataProvider, QgsRasterFileWriter, QgsRasterLayer,
                        QgsRasterPipe, QgsRectangle)
@@ -83,20 +85,23 @@ def _block_feedback(feedback: QgsFeedback | None) -> QgsRasterBlockFeedback:
 
 def raster_path_for_engine(layer: QgsRasterLayer, extent: QgsRectangle | None = None,
                            extent_crs: QgsCoordinateReferenceSystem | None = None,
-                           feedback: QgsFeedback | None = None) -> tuple[str, bool]:
+                           feedback: QgsFeedback | None = None, clip: bool = False) -> tuple[str, bool]:
     """(path, is_temporary): the layer's own file, or a temporary GeoTIFF of `extent` (given in
-    `extent_crs`, default the layer's CRS; None = whole layer). The caller deletes temporary files."""
+    `extent_crs`, default the layer's CRS; None = whole layer). With `clip` a file layer is exported
+    over `extent` too. The caller deletes temporary files."""
     if layer is None or not layer.isValid():
         name = layer.name() if layer is not None else "<none>"
         raise LayerReadError(f"layer '{name}' is not a valid raster layer")
-    if is_file_backed(layer):
+    if is_file_backed(layer) and not (clip and extent is not None):
         return layer.source(), False
 
     area = _extent_in_layer_crs(layer, extent, extent_crs)
-    if layer.dataProvider() is None or not layer.dataProvider().isValid():
-        raise LayerReadError(f"layer '{layer.name()}' ({layer.providerType()}): provider cannot be read")
     if feedback is not None and feedback.isCanceled():
         raise LayerReadError(f"layer '{layer.name()}': export cancelled")
+    if is_file_backed(layer):
+        return _write_temporary(lambda partial: _cut_file(layer, area, partial)), True
+    if layer.dataProvider() is None or not layer.dataProvider().isValid():
+        raise LayerReadError(f"layer '{layer.name()}' ({layer.providerType()}): provider cannot be read")
     provider = layer.dataProvider().clone()  # a private copy: safe to read off the main thread
     if _has_grid(provider):
         area = _snap_to_grid(layer, area)
@@ -105,12 +110,7 @@ def raster_path_for_engine(layer: QgsRasterLayer, extent: QgsRectangle | None = 
     if not pipe.set(provider):
         raise LayerReadError(f"layer '{layer.name()}' ({layer.providerType()}): cannot build a raster pipe")
 
-    folder = os.path.join(tempfile.gettempdir(), "unirs")
-    os.makedirs(folder, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix="layer_", suffix=".tif", dir=folder)
-    os.close(fd)
-    partial = path[:-4] + ".part.tif"  # written whole, then moved: no half file under `path`
-    try:
+    def write(partial: str) -> None:
         writer = QgsRasterFileWriter(partial)
         writer.setOutputFormat("GTiff")
         error = writer.writeRaster(pipe, cols, rows, area, layer.crs(),
@@ -120,10 +120,41 @@ def raster_path_for_engine(layer: QgsRasterLayer, extent: QgsRectangle | None = 
         if error != QgsRasterFileWriter.NoError or not os.path.isfile(partial):
             raise LayerReadError(f"layer '{layer.name()}' ({layer.providerType()}): could not be read "
                                  f"(QgsRasterFileWriter error {int(error)})")
+
+    return _write_temporary(write), True
+
+
+def _cut_file(layer: QgsRasterLayer, area: QgsRectangle, partial: str) -> None:
+    """Copy the pixels of the layer's file under `area` (grown to whole pixels) with GDAL: the same
+    values on the same grid, and no QGIS provider object shared with the canvas's renderers."""
+    src = gdal.Open(layer.source())
+    if src is None:
+        raise LayerReadError(f"layer '{layer.name()}': cannot open {layer.source()}")
+    x0, dx, _, y0, _, dy = src.GetGeoTransform()
+    col0 = max(0, math.floor((area.xMinimum() - x0) / dx + 1e-9))
+    col1 = min(src.RasterXSize, math.ceil((area.xMaximum() - x0) / dx - 1e-9))
+    row0 = max(0, math.floor((area.yMaximum() - y0) / dy + 1e-9))
+    row1 = min(src.RasterYSize, math.ceil((area.yMinimum() - y0) / dy - 1e-9))
+    if col1 <= col0 or row1 <= row0:
+        raise LayerReadError(f"layer '{layer.name()}': the extent does not overlap the layer")
+    if gdal.Translate(partial, src, format="GTiff", srcWin=[col0, row0, col1 - col0, row1 - row0]) is None:
+        raise LayerReadError(f"layer '{layer.name()}': could not cut {layer.source()}: {gdal.GetLastErrorMsg()}")
+
+
+def _write_temporary(write) -> str:
+    """A temporary GeoTIFF written by `write(partial_path)`: written whole, then moved, so no half
+    file is ever under the returned path."""
+    folder = os.path.join(tempfile.gettempdir(), "unirs")
+    os.makedirs(folder, exist_ok=True)
+    fd, path = tempfile.mkstemp(prefix="layer_", suffix=".tif", dir=folder)
+    os.close(fd)
+    partial = path[:-4] + ".part.tif"
+    try:
+        write(partial)
         os.replace(partial, path)
     except BaseException:
         for leftover in (partial, path):
             if os.path.exists(leftover):
                 os.remove(leftover)
         raise
-    return path, True
+    return path

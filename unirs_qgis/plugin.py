@@ -1,14 +1,16 @@
-"""The QGIS plugin object: registers the Processing provider and (with a GUI) the dock toggle."""
+"""The QGIS plugin object: registers the Processing provider and (with a GUI) the dock, its toggle and
+the Raster ▸ UniRS menu (panel, Set up engine…, Settings…, Help, About)."""
 
 from __future__ import annotations
 
 from qgis.core import QgsApplication
-from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtCore import Qt, QUrl
+from qgis.PyQt.QtGui import QDesktopServices, QIcon
+from qgis.PyQt.QtWidgets import QAction, QMessageBox
 
-from unirs_qgis.engine_link import shutdown_client
 from unirs_qgis import ICON_PATH
+from unirs_qgis.about import about_text, help_url
+from unirs_qgis.engine_link import shutdown_client
 from unirs_qgis.provider import UniRSProvider
 
 MENU = "&UniRS"
@@ -40,22 +42,30 @@ class UniRSPlugin:
         for text, tip, slot in (
                 ("Set up engine…", "Install or update the engine's Python environment (torch, transformers, "
                                    "rasterio…) in your user data folder", self.set_up_engine),
-                ("Settings…", "Model, engine Python, device; Test engine", self.open_settings)):
+                ("Settings…", "Model, clue model, engine Python, device; Test engine", self.open_settings),
+                ("Help", "The UniRS documentation", self.open_help),
+                ("About UniRS…", "Version, model and device", self.show_about)):
             action = QAction(text, self.iface.mainWindow())
             action.setToolTip(tip)
             action.triggered.connect(slot)
             self.iface.addPluginToRasterMenu(MENU, action)
             self.menu_actions.append(action)
+        self._create_dock()   # registered now, hidden: View ▸ Panels lists it from the start
+
+    def _create_dock(self) -> None:
+        from unirs_qgis.dock.widget import UniRSDockWidget
+
+        self.dock = UniRSDockWidget(self.iface, self.iface.mainWindow())
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
+        self.dock.hide()
+        self.dock.visibilityChanged.connect(self.action.setChecked)
 
     def show_dock(self, visible: bool = True) -> None:
-        """Create the dock on first use (keeps plugin start-up cheap), then show/hide it."""
-        if self.dock is None:
-            from unirs_qgis.dock.widget import UniRSDockWidget
-
-            self.dock = UniRSDockWidget(self.iface, self.iface.mainWindow())
-            self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
-            self.dock.visibilityChanged.connect(self.action.setChecked)
+        if self.dock is None:   # unload() ran: nothing to show
+            return
         self.dock.setVisible(visible)
+        if visible:
+            self.dock.raise_()
 
     def set_up_engine(self) -> None:
         """Open the panel and run the setup there (its banner shows progress and Cancel)."""
@@ -65,6 +75,12 @@ class UniRSPlugin:
     def open_settings(self) -> None:
         self.show_dock(True)
         self.dock.open_settings()
+
+    def open_help(self) -> None:
+        QDesktopServices.openUrl(QUrl(help_url()))
+
+    def show_about(self) -> None:
+        QMessageBox.about(self.iface.mainWindow(), "About UniRS", about_text())
 
     def unload(self) -> None:
         if self.dock is not None:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from dataclasses import dataclass, fields
-from pathlib import Path
 
-from qgis.core import QgsProject, QgsSettings
+from qgis.core import QgsApplication, QgsProject, QgsSettings
 
 PREFIX = "unirs/"
 DEVICES = ("auto", "cpu", "cuda")
 MODES = ("subprocess", "inprocess")
-ANSWERS_FILE = "unirs_answers.gpkg"
+STORE_SUFFIX = "_unirs_answers.gpkg"     # <project name>_unirs_answers.gpkg beside a saved project
+UNSAVED_FOLDER = "unirs/unsaved"         # in the profile folder: stores of projects not saved yet
+PROJECT_SCOPE = "UniRS"                  # QgsProject entries of the plugin
+CHECKPOINT_FOLDERS = ("llm", "vision_tower", "mm_projector")
 
 
 @dataclass
@@ -20,9 +24,10 @@ class PluginSettings:
     python: str = ""             # worker interpreter; "" = UNIRS_ENGINE_PYTHON, else the managed environment
     device: str = "auto"         # "auto" | "cpu" | "cuda"
     mode: str = "subprocess"     # "subprocess" | "inprocess"
-    clue: bool = False           # ask the base VLM for a clue first
-    answers_gpkg: str = ""       # "" = <project dir or home>/unirs_answers.gpkg
+    clue: bool = False           # ask the base VLM for a clue first (needs clue_model_dir)
+    answers_gpkg: str = ""       # "" = one store per project (see answers_path)
     torch_index_url: str = ""    # where the engine setup takes torch from ("" = automatic)
+    clue_model_dir: str = ""     # base VLM checkpoint that writes clues; "" = no clues
 
     @classmethod
     def load(cls) -> PluginSettings:
@@ -48,13 +53,55 @@ class PluginSettings:
         for f in fields(self):
             qs.setValue(PREFIX + f.name, getattr(self, f.name))
 
+    def clue_available(self) -> bool:
+        """A clue can be asked for: a clue model is set and looks like a checkpoint."""
+        return bool(self.clue_model_dir) and checkpoint_problem(self.clue_model_dir) is None
+
     def answers_path(self, project: QgsProject | None = None) -> str:
-        """Where answers are written: the setting, else next to the project file, else in home."""
+        """Where answers are written: the setting; else <name>_unirs_answers.gpkg beside the saved
+        project; else, before the first save, a file of this project in the profile's data folder
+        (answers_store moves it beside the project when it is saved)."""
         if self.answers_gpkg:
             return self.answers_gpkg
         project = project or QgsProject.instance()
-        folder = project.absolutePath() or str(Path.home())
-        return os.path.join(folder, ANSWERS_FILE)
+        if project.fileName():
+            return os.path.join(project.absolutePath(), project.baseName() + STORE_SUFFIX)
+        return os.path.join(unsaved_folder(), f"{_store_id(project)}.gpkg")
+
+
+def unsaved_folder() -> str:
+    """The profile's folder for stores of unsaved projects (created when missing)."""
+    folder = os.path.join(QgsApplication.qgisSettingsDirPath(), UNSAVED_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def _store_id(project: QgsProject) -> str:
+    """A random id kept in the project, naming its store until the project is saved."""
+    store_id, found = project.readEntry(PROJECT_SCOPE, "store_id", "")
+    if not found or not store_id:
+        store_id = uuid.uuid4().hex
+        project.writeEntry(PROJECT_SCOPE, "store_id", store_id)
+    return store_id
+
+
+def checkpoint_problem(folder: str) -> str | None:
+    """One line saying why `folder` is not a UniRS/VILA-1.5 checkpoint folder (the layout the engine
+    loads), or None when it looks like one. Only reads file names and config.json: instant."""
+    if not os.path.isdir(folder):
+        return f"{folder}: no such folder"
+    config = os.path.join(folder, "config.json")
+    try:
+        with open(config, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"{config}: missing or not a JSON object ({type(exc).__name__})"
+    if model_type != "llava_llama":
+        return f"{config}: model_type is {model_type!r}, not a VILA-1.5 checkpoint ('llava_llama')"
+    missing = [sub for sub in CHECKPOINT_FOLDERS if not os.path.isdir(os.path.join(folder, sub))]
+    if missing:
+        return f"{folder}: missing {', '.join(missing)}/ (a checkpoint has {', '.join(CHECKPOINT_FOLDERS)}/)"
+    return None
 
 
 load = PluginSettings.load  # `settings.load()` reads like the contract's wording

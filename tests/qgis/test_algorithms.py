@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import (QgsProcessingException, QgsProcessingFeedback, QgsRasterLayer, QgsVectorLayer,
-                       QgsWkbTypes)
+from qgis.core import (QgsApplication, QgsProcessingException, QgsProcessingFeedback, QgsProject,
+                       QgsRasterLayer, QgsVectorLayer, QgsWkbTypes)
 from qgis.PyQt.QtCore import QDate
 
 from tests.qgis.recording import RecordingFeedback
 from unirs_engine.testing.rasters import ORIGIN, pattern, write_pair, write_raster, write_video
 from unirs_qgis.answers import ASK_FIELDS, CHANGE_FIELDS, CLASSIFY_FIELDS
 from unirs_qgis.engine_link import get_client
+from unirs_qgis.settings import PluginSettings
 
 SCENE_BOUNDS = (ORIGIN[0], ORIGIN[1] - 640, ORIGIN[0] + 640, ORIGIN[1])  # 64 px x 10 m, UTM 33N
 
@@ -80,9 +81,10 @@ def test_ask_whole_layer_output_defaults_to_geopackage(run, data, tmp_path):
 
 def test_ask_rejects_bad_bands_and_empty_question_before_running(run, data, tmp_path):
     out = tmp_path / "never.gpkg"
-    with pytest.raises(QgsProcessingException, match=r"BANDS: layer 'scene_2021-06-30' has bands 1..3, got \[9\]"):
+    with pytest.raises(QgsProcessingException,
+                       match=r"Bands as R,G,B \(e.g. 4,3,2\): layer 'scene_2021-06-30' has bands 1..3, got \[9\]"):
         run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "q", "BANDS": "3,2,9", "OUTPUT": str(out)})
-    with pytest.raises(QgsProcessingException, match="QUESTION is empty"):
+    with pytest.raises(QgsProcessingException, match="Question is empty"):
         run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "  ", "OUTPUT": str(out)})
     assert not out.exists()
 
@@ -109,15 +111,78 @@ def test_describe_change_swaps_layers_dated_the_wrong_way(run, data, tmp_path):
     assert feature["layer_before"] == "after_20210630" and feature["date_after"] == QDate(2022, 2, 2)
     assert layer.crs().authid() == "EPSG:3857"  # the new "before" sets the grid
     assert any("swapped them" in w for w in feedback.warnings)
+    # the dates it worked with, and where they came from, are in the log
+    assert ("Dates: before 'after_20210630' 2021-06-30 (from the layer name); after 'before_2020-01-05' "
+            "2022-02-02 (from the Date of the before layer (default: from the layer) parameter)") in feedback.infos
+
+
+def test_undated_pair_is_kept_in_order_with_a_prompt_for_dates(run, data, tmp_path):
+    undated = write_raster(tmp_path / "undated.tif", pattern(64, 64, seed=4))
+    feedback = RecordingFeedback()
+    result = run("unirs:describe_change", {"BEFORE": str(undated), "AFTER": str(data["scene"]),
+                                           "OUTPUT": str(tmp_path / "undated.gpkg")}, feedback=feedback)
+    _, (feature,) = read_features(result["OUTPUT"])
+    assert feature["layer_before"] == "undated" and not feature["date_before"]     # NULL
+    (warning,) = feedback.warnings
+    assert warning.startswith("No date found for 'undated': the order you chose is kept; give its date in "
+                              "'Date of the before layer (default: from the layer)'")
+
+
+def test_answer_outputs_load_outlined_and_labelled(processing_ready, unirs_provider, data, tmp_path,
+                                                   qgis_new_project):
+    """What a user sees after running from the toolbox: the footprint as an outline with the answer as
+    a buffered label, not an opaque square; the GeoPackage keeps that style for any QGIS."""
+    import processing
+
+    out = tmp_path / "styled.gpkg"
+    processing.runAndLoadResults("unirs:describe_change", {
+        "BEFORE": str(data["before"]), "AFTER": str(data["after"]), "OUTPUT": str(out)})
+    processing.runAndLoadResults("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "What is this?",
+                                               "OUTPUT": "TEMPORARY_OUTPUT"})
+    loaded = [layer for layer in QgsProject.instance().mapLayers().values() if isinstance(layer, QgsVectorLayer)]
+    assert len(loaded) == 2
+    for layer in [*loaded, QgsVectorLayer(str(out), "fresh", "ogr")]:
+        assert layer.labelsEnabled(), layer.name()
+        settings = layer.labeling().settings()
+        text_format = settings.format()    # copies, kept: buffer() points into it
+        assert text_format.buffer().enabled() and settings.autoWrapLength > 0
+        assert settings.fieldName in ('"caption"', "concat(\"question\", '\n→ ', \"answer\")")
+        symbol_layer = layer.renderer().symbol().symbolLayer(0)
+        assert symbol_layer.brushStyle() == 0 and symbol_layer.strokeWidth() > 0   # outline only
+
+
+def test_help_names_parameters_as_the_dialog_labels_them(unirs_provider):
+    registry = QgsApplication.processingRegistry()
+    for alg_id in ("unirs:ask", "unirs:describe_change", "unirs:classify_sequence"):
+        alg = registry.algorithmById(alg_id)
+        text = alg.shortHelpString()
+        for parameter in alg.parameterDefinitions():
+            assert f"<b>{parameter.description()}</b>" in text, (alg_id, parameter.name())
+            if parameter.name() != "OUTPUT":
+                assert parameter.name() not in text, (alg_id, parameter.name())   # no LAYERS, BANDS…
+        assert alg.helpUrl()
+    assert registry.algorithmById("unirs:review_changes").helpUrl() == alg.helpUrl()
+
+
+def test_clue_without_a_clue_model_is_a_clear_message(run, data, tmp_path):
+    assert not PluginSettings.load().clue_model_dir
+    with pytest.raises(QgsProcessingException, match="Ask the base model for a clue first: no clue model is set: "
+                                                     "choose a Clue model directory in Raster ▸ UniRS ▸ Settings…"):
+        run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "q?", "CLUE": True,
+                          "OUTPUT": str(tmp_path / "never.gpkg")})
 
 
 def test_classify_dated_stack_in_date_order(run, data, tmp_path):
+    feedback = RecordingFeedback()
     result = run("unirs:classify_sequence", {
         "LAYERS": [str(p) for p in data["stack"]], "CLASSES": "flood, wildfire, traffic collision",
-        "OUTPUT": str(tmp_path / "stack.gpkg")})
+        "OUTPUT": str(tmp_path / "stack.gpkg")}, feedback=feedback)
     layer, (feature,) = read_features(result["OUTPUT"])
     assert layer.fields().names()[1:] == CLASSIFY_FIELDS().names()
     assert json.loads(feature["frames"]) == ["event_2020-12-01", "event_2021_01_15", "event_20210301"]
+    assert feedback.infos[0] == ("Frames in date order: 'event_2020-12-01': 2020-12-01 (layer name); "
+                                 "'event_2021_01_15': 2021-01-15 (layer name); "
+                                 "'event_20210301': 2021-03-01 (layer name)")
     assert feature["classes"] == "flood, wildfire, traffic collision"
     assert feature["label"] in ("flood", "wildfire", "traffic collision", None)
     assert box(feature) == pytest.approx((ORIGIN[0], ORIGIN[1] - 320, ORIGIN[0] + 320, ORIGIN[1]))
@@ -131,7 +196,7 @@ def test_classify_video_has_no_geometry(run, data, tmp_path):
 
 
 def test_classify_needs_layers_or_a_video(run, data, tmp_path):
-    with pytest.raises(QgsProcessingException, match="Give either LAYERS .* or VIDEO"):
+    with pytest.raises(QgsProcessingException, match="Give either 'Dated raster layers' or 'Video file"):
         run("unirs:classify_sequence", {"LAYERS": [str(data["scene"])], "VIDEO": str(data["video"]),
                                         "OUTPUT": str(tmp_path / "x.gpkg")})
 

@@ -73,9 +73,10 @@ def test_append_answer_creates_file_then_appends_in_the_tables_crs(tmp_path):
     assert row["label"] == "flood" and row["classes"] == "flood, fire"
     assert row["frames"] == '["v.mp4#0", "v.mp4#4"]' and not row.hasGeometry()
 
-    with sqlite3.connect(gpkg) as db:  # a plain GeoPackage readable without QGIS
+    with sqlite3.connect(gpkg) as db:  # a plain GeoPackage readable without QGIS, styles included
         tables = {r[0] for r in db.execute("select table_name from gpkg_contents")}
-    assert tables == {"ask", "classify"}
+        styled = {r[0] for r in db.execute("select f_table_name from layer_styles where useAsDefault")}
+    assert tables == {"ask", "classify", "layer_styles"} and styled == {"ask", "classify"}
 
 
 def test_append_answer_unwritable_path_is_a_clear_error(tmp_path):

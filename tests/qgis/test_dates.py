@@ -7,7 +7,8 @@ from qgis.core import QgsDateTimeRange, QgsLayerMetadata, QgsRasterLayer
 from qgis.PyQt.QtCore import QDate, QDateTime, QTime
 
 from unirs_engine.testing.rasters import pattern, write_raster
-from unirs_qgis.dates import date_in_text, layer_date, order_by_date
+from unirs_qgis.dates import (date_in_text, dated, dated_pair, describe_dates, layer_date, order_by_date,
+                              undated_warning)
 
 
 def _layer(path, name=None) -> QgsRasterLayer:
@@ -51,3 +52,38 @@ def test_order_by_date_puts_undated_last_in_given_order(tmp_path):
     layers = [_layer(write_raster(tmp_path / f"{n}.tif", pattern(4, 4)), n) for n in names]
     ordered = [layer.name() for layer in order_by_date(layers)]
     assert ordered == ["a_2020-12-01", "b_2021_01_15", "c_20210301", "undated_b", "undated_a"]
+
+
+def test_dated_says_where_the_date_was_found(tmp_path):
+    path = write_raster(tmp_path / "scene_2019-01-01.tif", pattern(4, 4))
+    assert dated(_layer(path, "named 2020-05-05")) == (QDate(2020, 5, 5), "layer name")
+    assert dated(_layer(path, "plain")) == (QDate(2019, 1, 1), "file name")
+    assert dated(_layer(write_raster(tmp_path / "undated.tif", pattern(4, 4)))) == (None, "")
+    assert describe_dates([_layer(path, "plain"), _layer(write_raster(tmp_path / "u.tif", pattern(4, 4)))]) == \
+        "'plain': 2019-01-01 (file name); 'u': no date"
+
+
+def test_dated_pair_orders_swaps_and_prompts(tmp_path):
+    old = _layer(write_raster(tmp_path / "site_20190415.tif", pattern(4, 4)))
+    new = _layer(write_raster(tmp_path / "site_20230415.tif", pattern(4, 4)))
+    undated = _layer(write_raster(tmp_path / "site.tif", pattern(4, 4)))
+
+    pair = dated_pair(new, old)                                  # the wrong way round: swapped
+    assert (pair.before, pair.after, pair.swapped) == (old, new, True)
+    assert (pair.date_before, pair.date_after) == (QDate(2019, 4, 15), QDate(2023, 4, 15))
+    assert pair.warnings("Before date", "After date") == [
+        "'site_20190415' (2019-04-15) is older than 'site_20230415' (2023-04-15): swapped them, before is "
+        "now 'site_20190415'"]
+    assert not dated_pair(old, new).swapped and dated_pair(old, new).warnings("B", "A") == []
+
+    given = dated_pair(old, new, QDate(2024, 1, 1))              # a given date beats the layer's
+    assert given.before is new and given.date_after == QDate(2024, 1, 1)
+
+    kept = dated_pair(undated, old)                              # no date: the given order is kept
+    assert (kept.before, kept.after, kept.swapped) == (undated, old, False)
+    assert kept.warnings("Before date", "After date") == [
+        "No date found for 'site': the order you chose is kept; give its date in 'Before date' or put one "
+        "in its name (e.g. site_2021-06-30)"]
+    assert undated_warning([old, undated]) == ("No date found for 'site': sent last, in the given order; "
+                                               "put a date in their names (e.g. name_2021-06-30) to order them")
+    assert undated_warning([old, new]) is None

@@ -1,6 +1,7 @@
 """The dock driven like a user would, against a real tiny checkpoint through the real subprocess
-worker, in real QGIS 3.22 (offscreen): ask, describe change, classify a stack, cancel, unreadable
-layers, settings; answers survive saving and reopening the project."""
+worker, in real QGIS 3.22 (offscreen): ask (button and Enter), describe change (dated, reversed and
+undated pairs), classify a stack over the canvas extent, cancel, clue, progress and log lines,
+unreadable layers, settings; answers survive saving and reopening the project; notes never overlap."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ import time
 import pytest
 from osgeo import gdal
 from pytest_qgis.utils import wait
-from qgis.PyQt.QtCore import Qt
-from qgis.core import (Qgis, QgsAnnotationLayer, QgsCoordinateReferenceSystem, QgsProject,
+from qgis.core import (Qgis, QgsAnnotationLayer, QgsApplication, QgsCoordinateReferenceSystem, QgsProject,
                        QgsRasterLayer, QgsRectangle)
+from qgis.PyQt.QtCore import QDate, Qt
+from qgis.PyQt.QtTest import QTest
 
+from tests.qgis.test_annotations import disjoint, rendered_box
 from unirs_engine.testing.rasters import UTM33, grid, pattern, write_raster
 from unirs_qgis import annotations, engine_link
+from unirs_qgis import notes as map_notes
 from unirs_qgis.answers import open_table
 from unirs_qgis.dock.settings_dialog import SettingsDialog
-from unirs_qgis.dock.widget import IDLE_ENGINE_TEXT, UniRSDockWidget
+from unirs_qgis.dock.widget import IDLE_ENGINE_TEXT, NO_CLUE_TIP, UniRSDockWidget
 from unirs_qgis.settings import PluginSettings
 
 ORIGIN = (500_000.0, 4_500_000.0)
@@ -38,6 +42,14 @@ def engine_settings(engine_env, tmp_path_factory):
     previous.save()
 
 
+@pytest.fixture(scope="module")
+def clue_checkpoint(tmp_path_factory):
+    """A tiny plain VILA-1.5 checkpoint: the base model that writes clues."""
+    from unirs_engine.testing.tiny import build_tiny_vila_checkpoint
+
+    return build_tiny_vila_checkpoint(tmp_path_factory.mktemp("clue") / "vila-tiny")
+
+
 @pytest.fixture()
 def dock(qgis_iface, qgis_new_project):
     for messages in qgis_iface.messageBar().messages.values():   # the stub bar is session-wide
@@ -52,12 +64,32 @@ def dock(qgis_iface, qgis_new_project):
     widget.deleteLater()
 
 
-def wait_idle(dock: UniRSDockWidget, timeout: float = TIMEOUT_S) -> None:
-    """Pump the event loop until the dock's task has finished (finished() needs the loop)."""
+def wait_idle(dock: UniRSDockWidget, timeout: float = TIMEOUT_S) -> list[str]:
+    """Pump the event loop until the dock's task has finished (finished() needs the loop); returns
+    the status texts shown meanwhile."""
     deadline = time.monotonic() + timeout
+    shown: list[str] = []
     while dock.is_busy():
         assert time.monotonic() < deadline, "the dock's task did not finish in time"
+        if not shown or shown[-1] != dock.status_label.text():
+            shown.append(dock.status_label.text())
         wait(50)
+    return shown
+
+
+@pytest.fixture()
+def unirs_log():
+    """(level, message) of what the plugin logs to its "UniRS" tab while the test runs."""
+    seen = []
+
+    def keep(message, tag, level):
+        if tag == "UniRS":
+            seen.append((level, message))
+
+    log = QgsApplication.messageLog()
+    log.messageReceived.connect(keep)
+    yield seen
+    log.messageReceived.disconnect(keep)
 
 
 def add_raster(path, *, seed=0, name=None) -> QgsRasterLayer:
@@ -70,8 +102,19 @@ def add_raster(path, *, seed=0, name=None) -> QgsRasterLayer:
 
 def zoom_canvas(canvas, rect: QgsRectangle) -> None:
     canvas.setDestinationCrs(QgsCoordinateReferenceSystem(UTM33))
+    canvas.window().show()      # hidden, the canvas keeps a 98 x 28 px map: nothing like a user's
     canvas.resize(400, 400)
+    wait(10)
+    assert canvas.mapSettings().outputSize().width() > 300
     canvas.setExtent(rect)
+
+
+def classify_all(dock: UniRSDockWidget) -> None:
+    """Tick every frame of the Sequence tab, classify, wait for the answer."""
+    for i in range(dock.stack_list.count()):
+        dock.stack_list.item(i).setCheckState(Qt.Checked)
+    dock.classify_button.click()
+    wait_idle(dock)
 
 
 def warnings_of(iface) -> list[str]:
@@ -114,12 +157,13 @@ def test_ask_writes_answer_back_and_survives_reload(dock, qgis_iface, tmp_path, 
     (layer,) = project.mapLayersByName("scene_2021-06-30")
     dock.layer_combo.setLayer(layer)
     assert dock.history_model.rowCount() == 1 and dock.history_model.record(0)["id"] == record["id"]
-    (notes,) = project.mapLayersByName(annotations.NOTES_LAYER_NAME)
+    (notes,) = project.mapLayersByName(map_notes.NOTES_LAYER_NAME)
     assert isinstance(notes, QgsAnnotationLayer)
     item = notes.items()[record["note"]["item"]]
-    assert item.text().startswith("How many buildings are there?\n")
-    assert (item.point().x(), item.point().y()) == pytest.approx(
-        (seen.center().x(), seen.center().y()), abs=10)
+    assert item.text().startswith("How many buildings are there?\n→ ")
+    # the note hangs from the top-left corner of what the model read, inside it
+    assert seen.xMinimum() < item.point().x() < seen.center().x()
+    assert seen.center().y() < item.point().y() < seen.yMaximum()
     assert "How many buildings are there?" in layer.metadata().history()[0]
     (feature,) = open_table(engine_settings.answers_gpkg, "ask").getFeatures()
     assert feature["question"] == "How many buildings are there?"
@@ -158,14 +202,12 @@ def test_describe_change_of_two_dated_layers(dock, qgis_iface, tmp_path):
 
 def test_classify_a_dated_stack(dock, qgis_iface, tmp_path):
     layers = [add_raster(tmp_path / f"fire_2022-07-0{day}.tif", seed=day) for day in (3, 1, 2)]
+    dock.use_canvas_extent.setChecked(False)    # whole layers: the frames are the files themselves
     dock.tabs.setCurrentIndex(2)
     assert [dock.stack_list.item(i).text() for i in range(3)] == [
         "fire_2022-07-01  (2022-07-01)", "fire_2022-07-02  (2022-07-02)",
         "fire_2022-07-03  (2022-07-03)"]
-    for i in range(3):
-        dock.stack_list.item(i).setCheckState(Qt.Checked)
-    dock.classify_button.click()
-    wait_idle(dock)
+    classify_all(dock)
 
     assert not warnings_of(qgis_iface)
     (record,) = annotations.answers_of(layers[0])
@@ -185,9 +227,10 @@ def test_cancel_mid_run_records_nothing(dock, qgis_iface, tmp_path):
     dock.ask_button.click()
     task = dock.task
     deadline = time.monotonic() + 60
-    while not dock.status_label.text().startswith("Working: starting the UniRS worker"):
+    while task._progress_calls == 0:   # the client announced the worker start: the request is in flight
         assert time.monotonic() < deadline, "the request never reached the engine"
-        wait(20)                    # now the request is in flight, the worker loading the model
+        wait(20)
+    assert dock.status_label.text().startswith("Starting the engine (loading the model)… ")
     dock.cancel_button.click()
     wait_idle(dock, timeout=60)
 
@@ -195,7 +238,7 @@ def test_cancel_mid_run_records_nothing(dock, qgis_iface, tmp_path):
     assert dock.ask_button.isEnabled() and not dock.cancel_button.isEnabled()
     assert task.record is None and task.error is None
     assert annotations.answers_of(layer) == []
-    assert not QgsProject.instance().mapLayersByName(annotations.NOTES_LAYER_NAME)
+    assert not QgsProject.instance().mapLayersByName(map_notes.NOTES_LAYER_NAME)
     assert not warnings_of(qgis_iface)
 
     dock.ask_button.click()           # the engine still answers afterwards
@@ -218,7 +261,7 @@ def test_unreadable_layer_gives_a_message_not_a_crash(dock, qgis_iface, tmp_path
     assert message.startswith("UniRS:") and "broken.tif" in message
     assert dock.ask_button.isEnabled()
     assert annotations.answers_of(layer) == []
-    assert not QgsProject.instance().mapLayersByName(annotations.NOTES_LAYER_NAME)
+    assert not QgsProject.instance().mapLayersByName(map_notes.NOTES_LAYER_NAME)
 
 
 def _vsimem_layer(name: str) -> QgsRasterLayer:
@@ -284,20 +327,194 @@ def test_missing_inputs_are_explained(dock, qgis_iface):
     assert not dock.is_busy()
 
 
-def test_settings_dialog_saves_settings(dock, engine_settings, tmp_path):
+def test_settings_dialog_saves_settings(dock, engine_settings, tmp_path, clue_checkpoint):
     dialog = SettingsDialog(PluginSettings.load(), dock)
     dialog.device.setCurrentText("cuda")
     dialog.answers_gpkg.setFilePath(str(tmp_path / "elsewhere.gpkg"))
+    dialog.clue_model_dir.setFilePath(str(tmp_path))         # not a checkpoint: refused, and why
+    assert dialog.checkpoint_problems.text() == (f"Clue model directory: {tmp_path}/config.json: missing or "
+                                                 "not a JSON object (FileNotFoundError)")
+    dialog.accept()
+    assert PluginSettings.load().device != "cuda"
+    dialog.clue_model_dir.setFilePath(str(clue_checkpoint))
+    assert not dialog.checkpoint_problems.text()
     dialog.accept()
     try:
         saved = PluginSettings.load()
         assert saved.device == "cuda" and saved.answers_gpkg == str(tmp_path / "elsewhere.gpkg")
         assert saved.model_dir == engine_settings.model_dir and saved.mode == "subprocess"
+        assert saved.clue_model_dir == str(clue_checkpoint)
     finally:
         engine_settings.save()
 
-    dock.clue_check.setChecked(True)
+
+# --- notes on the map ------------------------------------------------------------------------------
+def test_answers_about_one_area_share_a_note_that_no_other_note_covers(dock, qgis_iface, tmp_path):
+    """Two questions about the visible area and a change about the whole pair, as a user asks them:
+    the two answers are listed in one note, the change has its own, and the drawn notes don't overlap."""
+    add_raster(tmp_path / "site_2019-04-15.tif", seed=1)
+    after = add_raster(tmp_path / "site_2023-04-15.tif", seed=2)
+    canvas = qgis_iface.mapCanvas()
+    zoom_canvas(canvas, QgsRectangle(500_000, 4_499_520, 500_480, 4_500_000))    # the whole scene
+    dock.tabs.setCurrentIndex(1)
+    dock.change_button.click()
+    wait_idle(dock)
+    zoom_canvas(canvas, QgsRectangle(500_000, 4_499_520, 500_480, 4_499_760))    # its lower half
+    dock.tabs.setCurrentIndex(0)
+    dock.layer_combo.setLayer(after)
+    for question in ("How many buildings are there?", "Is there a road?"):
+        dock.question_edit.setPlainText(question)
+        dock.ask_button.click()
+        wait_idle(dock)
+
+    assert not warnings_of(qgis_iface)
+    change, first, second = annotations.answers_of(after)
+    assert first["note"] == second["note"] != change["note"]
+    notes = QgsProject.instance().mapLayersByName(map_notes.NOTES_LAYER_NAME)[0]
+    assert len(notes.items()) == 2
+    listed = notes.items()[first["note"]["item"]].text()
+    assert listed.index("How many buildings are there?\n→ ") < listed.index("\nIs there a road?\n→ ")
+    zoom_canvas(canvas, QgsRectangle(500_000, 4_499_520, 500_480, 4_500_000))
+    boxes = [rendered_box(item, notes.crs(), canvas.mapSettings()) for item in notes.items().values()]
+    assert all(boxes) and disjoint(*boxes)
+    assert len(QgsProject.instance().mapLayersByName("UniRS answers (ask)")) == 1
+
+
+# --- dates -----------------------------------------------------------------------------------------
+def test_reversed_pair_is_swapped_with_a_warning(dock, qgis_iface, tmp_path):
+    old = add_raster(tmp_path / "site_20190415.tif", seed=1)
+    new = add_raster(tmp_path / "site_20230415.tif", seed=2)
+    dock.use_canvas_extent.setChecked(False)
+    dock.tabs.setCurrentIndex(1)
+    dock.before_combo.setLayer(new)          # the wrong way round
+    dock.after_combo.setLayer(old)
+    assert dock.before_date.date() == QDate(2023, 4, 15)     # the fields show the layers' dates
+
+    dock.change_button.click()
+    assert dock.before_combo.currentLayer() is old and dock.after_combo.currentLayer() is new
+    (warning,) = warnings_of(qgis_iface)
+    assert warning == ("UniRS:'site_20190415' (2019-04-15) is older than 'site_20230415' (2023-04-15): "
+                       "swapped them, before is now 'site_20190415'")
+    assert warning[len("UniRS:"):] in dock.status_label.text()          # shown while it runs
+    wait_idle(dock)
+    assert warning[len("UniRS:"):] in dock.status_label.text()          # and under the answer
+    (record,) = annotations.answers_of(new)
+    assert record["layers"] == [old.id(), new.id()] and record["dates"] == ["2019-04-15", "2023-04-15"]
+    feature = list(open_table(record["gpkg"]["path"], "change").getFeatures())[-1]
+    assert (feature["date_before"], feature["date_after"]) == (QDate(2019, 4, 15), QDate(2023, 4, 15))
+    assert feature["layer_before"] == "site_20190415"
+
+
+def test_undated_layers_prompt_for_their_dates(dock, qgis_iface, tmp_path):
+    first = add_raster(tmp_path / "survey_a.tif", seed=1)
+    second = add_raster(tmp_path / "survey_b.tif", seed=2)
+    dock.use_canvas_extent.setChecked(False)
+    dock.tabs.setCurrentIndex(1)
+    dock.before_combo.setLayer(second)
+    dock.after_combo.setLayer(first)
+    assert dock.before_date.isNull() and dock.after_date.isNull()
+
+    dock.order_button.click()                # nothing to order by: say so, and where to type dates
+    (message,) = warnings_of(qgis_iface)
+    assert message.startswith("UniRS:No date found for 'survey_b': the order you chose is kept; give its "
+                              "date in 'Before date' or put one in its name (e.g. survey_b_2021-06-30)")
+    assert "No date found for 'survey_a'" in message
+    assert dock.before_combo.currentLayer() is second
+
+    dock.before_date.setDate(QDate(2022, 5, 1))   # typed dates count: here they say the pair is reversed
+    dock.after_date.setDate(QDate(2020, 5, 1))
+    dock.change_button.click()
+    wait_idle(dock)
+    (record,) = annotations.answers_of(first)
+    assert record["layers"] == [first.id(), second.id()] and record["dates"] == ["2020-05-01", "2022-05-01"]
+
+
+# --- sequence ------------------------------------------------------------------------------------
+def test_sequence_uses_the_canvas_extent_and_keeps_its_history(dock, qgis_iface, tmp_path):
+    layers = [add_raster(tmp_path / f"flood_2022-03-0{day}.tif", seed=day) for day in (1, 2)]
+    visible = QgsRectangle(500_100, 4_499_700, 500_300, 4_499_900)
+    zoom_canvas(qgis_iface.mapCanvas(), visible)
+    dock.tabs.setCurrentIndex(2)
+    classify_all(dock)
+
+    assert not warnings_of(qgis_iface)
+    (record,) = annotations.answers_of(layers[0])
+    seen = qgis_iface.mapCanvas().extent().intersect(layers[0].extent())
+    assert record["extent"] == pytest.approx(
+        [seen.xMinimum(), seen.yMinimum(), seen.xMaximum(), seen.yMaximum()], abs=10)   # not the whole layer
+    assert dock.history_label.text() == "History of flood_2022-03-01"      # the first ticked frame
+    assert dock.history_model.rowCount() == 1
+    dock.stack_list.setCurrentRow(1)
+    add_raster(tmp_path / "other.tif")          # the list is rebuilt: selection and history stay
+    assert dock.history_label.text() == "History of flood_2022-03-02" and dock.history_model.rowCount() == 1
+
+
+# --- keyboard, progress, log ------------------------------------------------------------------------
+def test_enter_asks_and_shift_enter_starts_a_new_line(dock, qgis_iface, tmp_path):
+    layer = add_raster(tmp_path / "scene.tif")
+    dock.use_canvas_extent.setChecked(False)
+    dock.layer_combo.setLayer(layer)
+    QTest.keyClicks(dock.question_edit, "Is there a road")
+    QTest.keyClick(dock.question_edit, Qt.Key_Return, Qt.ShiftModifier)
+    QTest.keyClicks(dock.question_edit, "near the river?")
+    assert dock.question_edit.toPlainText() == "Is there a road\nnear the river?" and not dock.is_busy()
+
+    QTest.keyClick(dock.question_edit, Qt.Key_Return)
+    assert dock.is_busy()
+    wait_idle(dock)
+    (record,) = annotations.answers_of(layer)
+    assert record["question"] == "Is there a road\nnear the river?"
+
+
+def test_progress_counts_the_start_then_shows_the_usual_time(dock, qgis_iface, tmp_path, unirs_log):
+    layer = add_raster(tmp_path / "scene.tif")
+    dock.use_canvas_extent.setChecked(False)
+    dock.layer_combo.setLayer(layer)
+    dock.question_edit.setPlainText("Is there water?")
+    engine_link.shutdown_client()            # this question starts the engine
+
+    dock.ask_button.click()
+    assert dock.progress.maximum() == 0      # a busy bar, not a 0 % that means nothing
+    shown = wait_idle(dock)
+    assert any(text.startswith("Starting the engine (loading the model)… ") and text.endswith(" s")
+               for text in shown), shown
+    assert dock.typical_seconds() is not None
+
+    dock.ask_button.click()
+    shown = wait_idle(dock)
+    assert any(text.startswith("Working: ") and "(an answer usually takes " in text for text in shown), shown
+
+    infos = [message for level, message in unirs_log if level == Qgis.Info]
+    (started,) = [m for m in infos if m.startswith("engine started: ")]
+    assert started.startswith("engine started: model unirs-tiny on cpu (subprocess, python ")
+    written = [m for m in infos if m.startswith("answer written: ")]
+    assert len(written) == 2 and "table 'ask' of " in written[0] and "history of 'scene'" in written[0]
+    assert not [m for level, m in unirs_log if level != Qgis.Info]
+
+
+# --- clue ----------------------------------------------------------------------------------------
+def test_clue_box_needs_a_clue_model_then_asks_for_a_clue(dock, qgis_iface, tmp_path, engine_settings,
+                                                          clue_checkpoint):
+    assert not dock.clue_check.isEnabled() and dock.clue_check.toolTip() == NO_CLUE_TIP
+    layer = add_raster(tmp_path / "scene.tif")
+    dock.use_canvas_extent.setChecked(False)
+    dock.layer_combo.setLayer(layer)
+    settings = PluginSettings.load()
+    settings.clue_model_dir = str(clue_checkpoint)
+    settings.save()
     try:
-        assert PluginSettings.load().clue is True
+        dock.refresh_clue()                  # what closing the settings dialog does
+        assert dock.clue_check.isEnabled()
+        dock.clue_check.setChecked(True)
+        dock.question_edit.setPlainText("What is in the image?")
+        dock.ask_button.click()
+        wait_idle(dock)
+        assert not warnings_of(qgis_iface)
+        (record,) = annotations.answers_of(layer)
+        assert isinstance(record["clue"], str) and record["clue"]       # the base model's clue
+        assert engine_link.get_client().info()["clue_model_id"]
     finally:
-        dock.clue_check.setChecked(False)
+        engine_settings.save()
+        engine_link.shutdown_client()        # the next test gets a worker without the clue model
+    dock.refresh_clue()
+    assert not dock.clue_check.isEnabled() and not dock.clue_check.isChecked()

@@ -42,6 +42,19 @@ def test_file_backed_layer_is_passed_by_path(scene):
     assert raster_path_for_engine(layer, None, None) == (str(scene), False)
 
 
+def test_file_layer_is_clipped_when_asked(scene, exported):
+    """A sequence request has no bounds: with clip the file itself is cut to the extent."""
+    layer = QgsRasterLayer(str(scene), "scene")
+    top_left = QgsRectangle(ORIGIN[0], ORIGIN[1] - 200, ORIGIN[0] + 300, ORIGIN[1])
+    assert raster_path_for_engine(layer, None, None, clip=True) == (str(scene), False)   # nothing to cut
+    path, temporary = raster_path_for_engine(layer, top_left, UTM33, clip=True)
+    exported.append(path)
+    assert temporary
+    with rasterio.open(path) as out, rasterio.open(scene) as src:
+        assert out.bounds == pytest.approx((ORIGIN[0], ORIGIN[1] - 200, ORIGIN[0] + 300, ORIGIN[1]))
+        np.testing.assert_array_equal(out.read(), src.read(window=src.window(*out.bounds)))
+
+
 def test_vsimem_layer_is_exported_pixel_for_pixel(scene, exported):
     gdal.Translate("/vsimem/h5a_scene.tif", str(scene))
     try:

@@ -85,16 +85,11 @@ def test_plugin_gui_lifecycle(qgis_iface, processing_ready, engine_env, monkeypa
     assert registry.providerById("unirs") is plugin.provider
     assert len([p for p in registry.providers() if p.id() == "unirs"]) == 1
     assert plugin.action.isCheckable() and plugin.action.text() == "UniRS"
-    assert [a.text() for a in menu] == ["UniRS", "Set up engine…", "Settings…"] and menu[0] is plugin.action
-    try:
-        import unirs_qgis.dock.widget  # noqa: F401  (the dock is another engineer's module)
-    except ImportError:
-        dock_ready = False
-    else:
-        dock_ready = True
-    if dock_ready:
-        plugin.action.setChecked(True)  # the toggle creates and shows the dock
-        assert plugin.dock is not None
+    assert [a.text() for a in menu] == ["UniRS", "Set up engine…", "Settings…", "Help", "About UniRS…"]
+    assert menu[0] is plugin.action
+    assert plugin.dock is not None and plugin.dock.isHidden()   # registered at start-up (View ▸ Panels)
+    plugin.action.setChecked(True)  # the toggle shows the dock
+    assert not plugin.dock.isHidden()
     worker_pid = get_client().info()["pid"]
     plugin.unload()
     assert registry.providerById("unirs") is None
@@ -119,9 +114,11 @@ def test_settings_round_trip_and_validation(default_settings):
 
 def test_answers_path_defaults_beside_the_project(tmp_path, default_settings):
     project = QgsProject()
-    assert PluginSettings().answers_path(project) == str(Path.home() / "unirs_answers.gpkg")
+    unsaved = PluginSettings().answers_path(project)       # one file per unsaved project, in the profile
+    assert unsaved.startswith(QgsApplication.qgisSettingsDirPath()) and unsaved.endswith(".gpkg")
+    assert PluginSettings().answers_path(project) == unsaved != PluginSettings().answers_path(QgsProject())
     project.setFileName(str(tmp_path / "work.qgz"))
-    assert PluginSettings().answers_path(project) == str(tmp_path / "unirs_answers.gpkg")
+    assert PluginSettings().answers_path(project) == str(tmp_path / "work_unirs_answers.gpkg")
     assert PluginSettings(answers_gpkg="/x/y.gpkg").answers_path(project) == "/x/y.gpkg"
 
 

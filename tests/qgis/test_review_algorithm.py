@@ -55,6 +55,7 @@ def review_layer(result: dict) -> QgsVectorLayer:
 
 
 def test_threshold_default_output_and_modeler_outputs(unirs_provider, tmp_path, unirs_home):
+    QgsProject.instance().clear()   # an unsaved project (earlier tests may have named it)
     alg = unirs_provider.algorithm("review_changes").create()   # as each dialog does
     threshold = alg.parameterDefinition("THRESHOLD")   # unset: the engine uses the model's threshold
     assert threshold.defaultValue() is None and threshold.flags() & threshold.FlagOptional

@@ -1,4 +1,5 @@
-"""What the UniRS algorithms share: engine call with progress/cancel, layer export, CRS/extent helpers."""
+"""What the UniRS algorithms share: help written with the dialog's labels and a help URL, engine call
+with progress/cancel, layer export, dated pairs, CRS/extent helpers, and styled answer outputs."""
 
 from __future__ import annotations
 
@@ -12,12 +13,17 @@ from qgis.PyQt.QtCore import QCoreApplication, QDate
 from qgis.PyQt.QtGui import QIcon
 
 from unirs_qgis import ICON_PATH
-from unirs_qgis.dates import layer_date
-from unirs_qgis.engine_link import get_client
+from unirs_qgis.about import help_url
+from unirs_qgis.answer_style import AnswerLayerStyler, style_answers_file
+from unirs_qgis.dates import dated, dated_pair, iso
+from unirs_qgis.engine_link import get_client, is_running, remember_info
 from unirs_qgis.layer_source import LayerReadError, raster_path_for_engine
 
 CANCELLED = "Cancelled: no output was written"
 PREPARED = 10.0  # % of progress when inputs are ready and the engine starts (0% is never reported)
+
+# Post-processors must outlive processAlgorithm (QGIS holds them without a Python reference).
+_stylers: dict[str, AnswerLayerStyler] = {}
 
 
 def crs_for_engine(crs: QgsCoordinateReferenceSystem) -> str:
@@ -39,6 +45,7 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
     def __init__(self):
         super().__init__()
         self._temporary: list[str] = []  # exported layer files, removed after the run
+        self._styled: tuple[str, str] | None = None  # (output, answers table) for postProcessAlgorithm
 
     def tr(self, text: str) -> str:
         return QCoreApplication.translate("UniRS", text)
@@ -54,6 +61,29 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
 
     def icon(self) -> QIcon:
         return QIcon(ICON_PATH)
+
+    def helpUrl(self) -> str:  # noqa: N802
+        return help_url()
+
+    # -- help: what the dialog shows, in its own words -------------------------------------------
+
+    def summary(self) -> str:
+        """What the algorithm does (one paragraph); parameter_help() explains the parameters."""
+        raise NotImplementedError
+
+    def parameter_help(self) -> dict[str, str]:
+        """Parameter name -> what to give; shortHelpString names it by its label in the dialog."""
+        return {}
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        """The summary, then each parameter by its label in the dialog (bold) and what to give."""
+        lines = [f"<b>{self.label(name)}</b>: {self.tr(text)}" for name, text in self.parameter_help().items()]
+        return "<br><br>".join([self.tr(self.summary()), *(["<br>".join(lines)] if lines else [])])
+
+    def label(self, name: str) -> str:
+        """The dialog's label of parameter `name` (the name itself before initAlgorithm ran)."""
+        definition = self.parameterDefinition(name)
+        return definition.description() if definition is not None else name
 
     def processAlgorithm(self, parameters: dict, context, feedback: QgsProcessingFeedback) -> dict:  # noqa: N802
         try:
@@ -78,7 +108,7 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
 
     def add_date_parameters(self) -> None:
         """DATE_BEFORE / DATE_AFTER: optional, defaulting to the layers' own dates."""
-        for name, label in (("DATE_BEFORE", "Date of BEFORE"), ("DATE_AFTER", "Date of AFTER")):
+        for name, label in (("DATE_BEFORE", "Date of the before layer"), ("DATE_AFTER", "Date of the after layer")):
             self.addParameter(QgsProcessingParameterDateTime(
                 name, self.tr(f"{label} (default: from the layer)"), QgsProcessingParameterDateTime.Date,
                 optional=True))
@@ -86,18 +116,22 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
     def dated_pair(self, parameters: dict, context, before: QgsRasterLayer, after: QgsRasterLayer,
                    feedback: QgsProcessingFeedback
                    ) -> tuple[QgsRasterLayer, QgsRasterLayer, QDate | None, QDate | None]:
-        """(before, after, date_before, date_after), dates given or read from the layers; swapped with a
-        warning when AFTER is the older one."""
-        dates = []
+        """(before, after, date_before, date_after), dates given or read from the layers, in date order:
+        swapped with a warning when the after layer is the older one (the dock's rule, dates.py). The
+        dates and where they came from are written to the log."""
+        given, found_in = [], {}
         for name, layer in (("DATE_BEFORE", before), ("DATE_AFTER", after)):
-            given = self.parameterAsDateTime(parameters, name, context)  # (no parameterAsDate on 3.22)
-            dates.append(given.date() if given.isValid() else layer_date(layer))
-        date_before, date_after = dates
-        if date_before and date_after and date_after < date_before:
-            feedback.pushWarning(f"'{after.name()}' ({date_after.toString('yyyy-MM-dd')}) is older than "
-                                 f"'{before.name()}' ({date_before.toString('yyyy-MM-dd')}): swapped them")
-            return after, before, date_after, date_before
-        return before, after, date_before, date_after
+            value = self.parameterAsDateTime(parameters, name, context)  # (no parameterAsDate on 3.22)
+            given.append(value.date() if value.isValid() else None)
+            found_in[id(layer)] = f"{self.label(name)} parameter" if value.isValid() else dated(layer)[1]
+        pair = dated_pair(before, after, *given)
+        for warning in pair.warnings(self.label("DATE_BEFORE"), self.label("DATE_AFTER")):
+            feedback.pushWarning(warning)
+        feedback.pushInfo("Dates: " + "; ".join(
+            f"{role} '{layer.name()}' {iso(date)}" + (f" (from the {found_in[id(layer)]})" if date else "")
+            for role, layer, date in (("before", pair.before, pair.date_before),
+                                      ("after", pair.after, pair.date_after))))
+        return pair.before, pair.after, pair.date_before, pair.date_after
 
     def extent(self, parameters: dict, context, fallback_crs: QgsCoordinateReferenceSystem
                ) -> tuple[QgsRectangle | None, QgsCoordinateReferenceSystem]:
@@ -133,8 +167,11 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(CANCELLED)
         try:
             client = get_client()
+            if not is_running(client):
+                feedback.pushInfo("Starting the UniRS engine (loading the model)…")
             result = getattr(client, method)(*args, on_progress=on_progress,
                                              is_cancelled=feedback.isCanceled, **kwargs)
+            remember_info(client.info())
         except RequestCancelled as e:
             raise QgsProcessingException(CANCELLED) from e
         except (EngineClientError, RuntimeError, ValueError, OSError) as e:
@@ -147,12 +184,30 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
         return result
 
     def write_feature(self, parameters: dict, context, feature: QgsFeature, wkb_type,
-                      crs: QgsCoordinateReferenceSystem) -> str:
-        """Create the OUTPUT sink (only now, so a cancelled or failed run leaves no file) and add one
-        feature; returns the destination id."""
+                      crs: QgsCoordinateReferenceSystem, task: str) -> str:
+        """Create the OUTPUT sink (only now, so a cancelled or failed run leaves no file), add one
+        feature and style the output as answers of `task` (answers.TABLES); returns the destination id."""
         sink, dest_id = self.parameterAsSink(parameters, "OUTPUT", context, feature.fields(), wkb_type, crs)
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, "OUTPUT"))
         if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
             raise QgsProcessingException(f"Could not write the answer to OUTPUT: {sink.lastError()}")
+        del sink   # flushed and closed: postProcessAlgorithm writes the style into the file
+        self._styled = (dest_id, task)
+        if context.willLoadLayerOnCompletion(dest_id):
+            styler = _stylers[dest_id] = AnswerLayerStyler(task)
+            context.layerToLoadOnCompletionDetails(dest_id).setPostProcessor(styler)
         return dest_id
+
+    def postProcessAlgorithm(self, context, feedback) -> dict:  # noqa: N802 (main thread, after the run)
+        """Save the answer style into the output GeoPackage, so it opens styled anywhere."""
+        if self._styled is None:
+            return {}
+        output, task = self._styled
+        self._styled = None
+        if output.split("|", 1)[0].lower().endswith(".gpkg") and os.path.isfile(output.split("|", 1)[0]):
+            try:
+                style_answers_file(output, task)
+            except OSError as e:   # the answer is written; a missing style is not worth failing over
+                feedback.pushWarning(str(e))
+        return {}

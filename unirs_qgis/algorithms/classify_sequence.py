@@ -12,7 +12,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessin
 from unirs_engine.prompts import ERA_CLASSES
 from unirs_qgis.algorithms.base import UniRSAlgorithm
 from unirs_qgis.answers import CLASSIFY_FIELDS, feature_from_result, footprint_crs
-from unirs_qgis.dates import layer_date, order_by_date
+from unirs_qgis.dates import describe_dates, order_by_date, undated_warning
 
 VIDEO_FILTER = "Videos (*.mp4 *.avi *.mov *.mkv *.webm);;All files (*.*)"
 
@@ -24,17 +24,23 @@ class ClassifySequenceAlgorithm(UniRSAlgorithm):
     def displayName(self) -> str:  # noqa: N802
         return self.tr("Classify a dated stack or a video")
 
-    def shortHelpString(self) -> str:  # noqa: N802
-        return self.tr("Names the event shown by a sequence: either LAYERS (rasters, put in date order "
-                       "from their metadata or names) or a VIDEO file. The answer is matched to one of "
-                       "CLASSES (comma-separated; default: the 25 ERA event classes). The output has "
-                       "the stack's footprint (no geometry for a video).")
+    def summary(self) -> str:
+        return ("Names the event shown by a sequence: dated raster layers or a video file. The answer is "
+                "matched to one of the classes. The output has the stack's footprint (no geometry for a "
+                "video); the frames' dates, and where they were found, are written to the log.")
+
+    def parameter_help(self) -> dict[str, str]:
+        return {"LAYERS": "the frames, put in date order from their metadata, TIFF date tag or a date in "
+                          "their names; undated ones go last",
+                "VIDEO": "a video of the event, instead of layers",
+                "CLASSES": "comma-separated event classes; default: the 25 ERA event classes",
+                "OUTPUT": "a GeoPackage (or any vector format) with one feature per answer"}
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterMultipleLayers(
             "LAYERS", self.tr("Dated raster layers"), QgsProcessing.TypeRaster, optional=True))
         self.addParameter(QgsProcessingParameterFile(
-            "VIDEO", self.tr("…or a video file"), QgsProcessingParameterFile.File,
+            "VIDEO", self.tr("Video file (instead of layers)"), QgsProcessingParameterFile.File,
             fileFilter=VIDEO_FILTER, optional=True))
         self.addParameter(QgsProcessingParameterString(
             "CLASSES", self.tr("Classes (comma-separated)"), defaultValue=", ".join(ERA_CLASSES)))
@@ -45,22 +51,23 @@ class ClassifySequenceAlgorithm(UniRSAlgorithm):
         layers = self.parameterAsLayerList(parameters, "LAYERS", context)
         video = self.parameterAsFile(parameters, "VIDEO", context)
         if bool(layers) == bool(video):
-            raise QgsProcessingException("Give either LAYERS (a dated stack of rasters) or VIDEO "
-                                         "(a video file), not both and not neither")
+            raise QgsProcessingException(f"Give either '{self.label('LAYERS')}' or '{self.label('VIDEO')}', "
+                                         "not both and not neither")
         classes = [c.strip() for c in self.parameterAsString(parameters, "CLASSES", context).split(",")
                    if c.strip()]
         if not classes:
-            raise QgsProcessingException("CLASSES is empty: give comma-separated class names")
+            raise QgsProcessingException(f"{self.label('CLASSES')} is empty: give comma-separated class names")
 
         if video:
             if not os.path.isfile(video):
-                raise QgsProcessingException(f"VIDEO: no such file: {video}")
+                raise QgsProcessingException(f"{self.label('VIDEO')}: no such file: {video}")
             frames, names = video, {}
         else:
             ordered = order_by_date(layers)
-            undated = [layer.name() for layer in ordered if layer_date(layer) is None]
-            if undated:
-                feedback.pushWarning(f"No date found for {undated}: kept in the given order, last")
+            feedback.pushInfo(f"Frames in date order: {describe_dates(ordered)}")
+            warning = undated_warning(ordered)
+            if warning:
+                feedback.pushWarning(warning)
             frames = [self.engine_path(layer, None, layer.crs(), feedback) for layer in ordered]
             names = dict(zip(frames, (layer.name() for layer in ordered)))
 
@@ -78,4 +85,4 @@ class ClassifySequenceAlgorithm(UniRSAlgorithm):
             feature.clearGeometry()
         wkb = QgsWkbTypes.Polygon if geometric else QgsWkbTypes.NoGeometry
         return {"OUTPUT": self.write_feature(parameters, context, feature, wkb,
-                                             crs if geometric else QgsCoordinateReferenceSystem())}
+                                             crs if geometric else QgsCoordinateReferenceSystem(), "classify")}

@@ -16,12 +16,22 @@ class DescribeChangeAlgorithm(UniRSAlgorithm):
     def displayName(self) -> str:  # noqa: N802
         return self.tr("Describe change between two dated layers")
 
-    def shortHelpString(self) -> str:  # noqa: N802
-        return self.tr("Describes what changed between BEFORE and AFTER (any CRS or resolution: AFTER is "
-                       "aligned on BEFORE's grid) and writes the caption, a changed flag and the dates "
-                       "as a feature with the footprint compared. Dates default to the layers' metadata "
-                       "or a date in their names (2021-06-30, 20210630, 2021_06_30); if AFTER is dated "
-                       "earlier than BEFORE the two are swapped.")
+    def summary(self) -> str:
+        return ("Describes what changed between two dated raster layers and writes the caption, a changed "
+                "flag and the dates as a feature with the footprint compared. The layers may differ in CRS "
+                "and resolution: the after layer is aligned on the before layer's grid. The dates found, "
+                "and where, are written to the log; when the after layer is the older one the two are "
+                "swapped, with a warning.")
+
+    def parameter_help(self) -> dict[str, str]:
+        return {"BEFORE": "the older layer",
+                "AFTER": "the newer layer",
+                "EXTENT": "the part to compare; empty: where the two layers overlap",
+                "DATE_BEFORE": "empty: the layer's metadata, its TIFF date tag, or a date in its name "
+                               "(2021-06-30, 20210630, 2021_06_30)",
+                "DATE_AFTER": "as for the before layer",
+                "INSTRUCTION": "your own instruction instead of the model's change-caption one",
+                "OUTPUT": "a GeoPackage (or any vector format) with one feature per description"}
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", self.tr("Before")))
@@ -55,4 +65,4 @@ class DescribeChangeAlgorithm(UniRSAlgorithm):
                                       date_before=date_before, date_after=date_after,
                                       layer_before=before.name(), layer_after=after.name())
         wkb = QgsWkbTypes.Polygon if crs.isValid() else QgsWkbTypes.NoGeometry
-        return {"OUTPUT": self.write_feature(parameters, context, feature, wkb, crs)}
+        return {"OUTPUT": self.write_feature(parameters, context, feature, wkb, crs, "change")}

@@ -86,43 +86,52 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
     def displayName(self) -> str:  # noqa: N802
         return self.tr("Review changes between dated mosaics")
 
-    def shortHelpString(self) -> str:  # noqa: N802
-        return self.tr(
-            "Cuts the overlap of two dated mosaics into tiles on a common grid (default: the Before "
-            "layer's CRS and pixel size) and gives every tile a change score: 1 − the similarity of the "
-            "model's before and after features (0 = the same). A tile is <b>changed</b> when its score is "
-            "at or above the <i>Change score threshold</i> (default: the threshold learnt from your "
-            "verdicts for this model, else the one calibrated in the model). That one rule decides the "
-            "caption, the colour, the Review tab's list and the counts. Changed tiles get a caption "
-            "(every tile with <i>Caption every tile</i>); the caption's own statement is kept in the "
-            "field caption_says_change, and tiles where it disagrees with the score are marked ⚠: look "
-            "at those first. Tiles without data in either mosaic are skipped and counted. Before and "
-            "After must be raster files (GeoTIFF, VRT...): mosaics are read window by window, never "
-            "exported.\n\n"
-            "The output GeoPackage is written by the engine as tiles finish and holds your "
-            "confirm/reject verdicts: by default review_&lt;before&gt;_&lt;after&gt;.gpkg beside the "
-            "project (in your UniRS data folder while the project is unsaved). A temporary output "
-            "loses the verdicts when QGIS closes. Cancelling keeps every finished tile; running again "
-            "with the same inputs and output resumes at the first unfinished tile.")
+    def summary(self) -> str:
+        return ("Cuts the overlap of two dated mosaics into tiles on a common grid and gives every tile a "
+                "change score: 1 − the similarity of the model's before and after features (0 = the same). "
+                "A tile is <b>changed</b> when its score is at or above the threshold; that one rule decides "
+                "the caption, the colour, the Review tab's list and the counts. The caption's own statement "
+                "is kept in the field caption_says_change, and tiles where it disagrees with the score are "
+                "marked ⚠: look at those first. Tiles without data in either mosaic are skipped and counted. "
+                "Cancelling keeps every finished tile; running again with the same inputs and output "
+                "resumes at the first unfinished tile. Judge the tiles in the UniRS panel's Review tab.")
+
+    def parameter_help(self) -> dict[str, str]:
+        return {"BEFORE": "the earlier mosaic, a raster file (GeoTIFF, VRT...): read window by window, "
+                          "never exported",
+                "AFTER": "the later mosaic, a raster file in any CRS and resolution",
+                "TILE_SIZE": "the side of a tile, in the units below",
+                "CRS": "the grid's CRS; empty: the Before layer's",
+                "RESOLUTION": "the grid's pixel size; 0: the Before layer's",
+                "THRESHOLD": "empty: the threshold learnt from your verdicts for this model, else the one "
+                             "calibrated in the model",
+                "CAPTION_ALL": "caption the tiles under the threshold too (they stay unchanged)",
+                "OUTPUT": "the GeoPackage that also keeps your confirm/reject verdicts: by default "
+                          "review_&lt;before&gt;_&lt;after&gt;.gpkg beside the project (in your UniRS data "
+                          "folder while the project is unsaved); a temporary file loses the verdicts when "
+                          "QGIS closes"}
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", self.tr("Before (raster file)")))
         self.addParameter(QgsProcessingParameterRasterLayer("AFTER", self.tr("After (raster file)")))
         self.add_date_parameters()
-        self.addParameter(QgsProcessingParameterNumber(
-            "TILE_SIZE", self.tr("Tile size"), QgsProcessingParameterNumber.Double, 256, minValue=1))
+        tile_size = QgsProcessingParameterNumber("TILE_SIZE", self.tr("Tile size"),
+                                                 QgsProcessingParameterNumber.Double, 256, minValue=1)
+        overlap = QgsProcessingParameterNumber("OVERLAP", self.tr("Tile overlap (same units)"),
+                                               QgsProcessingParameterNumber.Double, 0, minValue=0)
+        for size in (tile_size, overlap):   # Double (map units may be fractions), shown as whole numbers
+            size.setMetadata({"widget_wrapper": {"decimals": 0}})
+        self.addParameter(tile_size)
         self.addParameter(QgsProcessingParameterEnum(
             "TILE_UNITS", self.tr("Tile size units"), ["pixels", "map units"], defaultValue=0))
-        self.addParameter(QgsProcessingParameterNumber(
-            "OVERLAP", self.tr("Tile overlap (same units)"), QgsProcessingParameterNumber.Double, 0,
-            minValue=0))
-        self.addParameter(QgsProcessingParameterCrs("CRS", self.tr("Grid CRS (default: BEFORE's)"),
+        self.addParameter(overlap)
+        self.addParameter(QgsProcessingParameterCrs("CRS", self.tr("Grid CRS (default: the Before layer's)"),
                                                     optional=True))
         self.addParameter(QgsProcessingParameterNumber(
-            "RESOLUTION", self.tr("Grid pixel size in CRS units (0 = BEFORE's)"),
+            "RESOLUTION", self.tr("Grid pixel size in CRS units (0 = the Before layer's)"),
             QgsProcessingParameterNumber.Double, 0, optional=True, minValue=0))
         self.addParameter(QgsProcessingParameterNumber(
-            "THRESHOLD", self.tr("Change score threshold for a caption (empty: the model's calibrated one)"),
+            "THRESHOLD", self.tr("Change score threshold (empty: the model's)"),
             QgsProcessingParameterNumber.Double, None, optional=True, minValue=0, maxValue=2))
         self.addParameter(QgsProcessingParameterBoolean(
             "CAPTION_ALL", self.tr("Caption every tile"), defaultValue=False))

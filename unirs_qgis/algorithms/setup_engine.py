@@ -29,18 +29,19 @@ class SetupEngineAlgorithm(UniRSAlgorithm):
     def groupId(self) -> str:  # noqa: N802
         return "engine"
 
-    def shortHelpString(self) -> str:  # noqa: N802
-        return self.tr(
-            "Installs what the UniRS engine needs (torch, transformers, rasterio, ...) into its own Python "
-            "environment in your user data folder (UNIRS_HOME overrides it), never into QGIS's Python. "
-            "Running it again is quick when nothing changed; after a plugin update it updates the "
-            "environment. A failed or cancelled setup keeps the previous environment. torch is the CUDA "
-            "build when an NVIDIA GPU is found, else the CPU build.\n"
-            "Only test the engine: answers one question with the configured model and reports the "
-            "model, device and GPU.\n"
-            "Rebuild even when up to date: starts from a fresh environment.\n"
-            "Torch index URL: where torch is downloaded from (a mirror, or a CUDA wheel index such as "
-            "https://download.pytorch.org/whl/cu128); empty: automatic.")
+    def summary(self) -> str:
+        return ("Installs what the UniRS engine needs (torch, transformers, rasterio, ...) into its own Python "
+                "environment in your user data folder (UNIRS_HOME overrides it), never into QGIS's Python. "
+                "Running it again is quick when nothing changed; after a plugin update it updates the "
+                "environment. A failed or cancelled setup keeps the previous environment. torch is the CUDA "
+                "build when an NVIDIA GPU is found, else the CPU build.")
+
+    def parameter_help(self) -> dict[str, str]:
+        return {"CHECK_ONLY": "install nothing: answer one question with the configured model and report "
+                              "the model, device and GPU",
+                "FORCE": "start from a fresh environment even when it is up to date",
+                "TORCH_INDEX_URL": "where torch is downloaded from (a mirror, or a CUDA wheel index such as "
+                                   "https://download.pytorch.org/whl/cu128); empty: automatic"}
 
     def initAlgorithm(self, config=None) -> None:  # noqa: N802
         self.addParameter(QgsProcessingParameterBoolean("CHECK_ONLY", self.tr("Only test the engine"),

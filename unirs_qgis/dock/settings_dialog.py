@@ -1,5 +1,5 @@
-"""The engine settings (model, worker interpreter, device, mode, answers file, torch index), with the
-engine's runtime: which Python runs the engine and why, *Set up engine…* and *Test engine*."""
+"""The engine settings (model, clue model, worker interpreter, device, mode, answers file, torch index),
+with the engine's runtime: which Python runs the engine and why, *Set up engine…* and *Test engine*."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from qgis.PyQt.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFormLayo
 from unirs_engine.runtime.check import summary
 
 from ..engine_runtime import CheckEngineTask, SetupEngineTask, engine_status, start_setup
-from ..settings import DEVICES, MODES, PluginSettings
+from ..settings import DEVICES, MODES, PluginSettings, checkpoint_problem
 from .engine_banner import SETUP_TOOLTIP
 
 RESOLUTION_HELP = ("The engine's Python is the first of: this setting, the UNIRS_ENGINE_PYTHON environment "
@@ -34,6 +34,16 @@ class SettingsDialog(QDialog):
         self.model_dir.setStorageMode(QgsFileWidget.GetDirectory)
         self.model_dir.setFilePath(settings.model_dir)
         self.model_dir.lineEdit().setPlaceholderText("default: the embedded demo model")
+        self.clue_model_dir = QgsFileWidget()
+        self.clue_model_dir.setStorageMode(QgsFileWidget.GetDirectory)
+        self.clue_model_dir.setFilePath(settings.clue_model_dir)
+        self.clue_model_dir.lineEdit().setPlaceholderText("none: Clue from base model stays off")
+        self.clue_model_dir.setToolTip("A base VLM checkpoint (VILA-1.5 layout) that writes a clue before "
+                                       "each answer when Clue from base model is ticked")
+        self.checkpoint_problems = QLabel()
+        self.checkpoint_problems.setWordWrap(True)
+        self.checkpoint_problems.setStyleSheet("color: #b00020")
+        self.checkpoint_problems.hide()
         self.python = QgsFileWidget()
         self.python.setFilePath(settings.python)
         self.python.lineEdit().setPlaceholderText("default: UNIRS_ENGINE_PYTHON, else the managed environment")
@@ -54,7 +64,7 @@ class SettingsDialog(QDialog):
         self.answers_gpkg.setStorageMode(QgsFileWidget.SaveFile)
         self.answers_gpkg.setFilter("GeoPackage (*.gpkg)")
         self.answers_gpkg.setFilePath(settings.answers_gpkg)
-        self.answers_gpkg.lineEdit().setPlaceholderText("default: unirs_answers.gpkg beside the project")
+        self.answers_gpkg.lineEdit().setPlaceholderText("default: <project>_unirs_answers.gpkg beside the project")
         self.torch_index_url = QLineEdit(settings.torch_index_url)
         self.torch_index_url.setPlaceholderText("automatic: the CPU build, or CUDA when an NVIDIA GPU is found")
         self.torch_index_url.setToolTip("Where Set up engine… downloads torch from: a mirror, or a CUDA wheel "
@@ -78,6 +88,8 @@ class SettingsDialog(QDialog):
 
         form = QFormLayout(self)
         form.addRow("Model directory", self.model_dir)
+        form.addRow("Clue model directory", self.clue_model_dir)
+        form.addRow(self.checkpoint_problems)
         form.addRow("Worker Python", self.python)
         form.addRow("Engine Python", self.engine_python)
         form.addRow("Device", self.device)
@@ -95,7 +107,10 @@ class SettingsDialog(QDialog):
         self.test_button.clicked.connect(self.test_engine)
         self.python.fileChanged.connect(self.show_engine_python)
         self.mode.currentTextChanged.connect(self.show_engine_python)
+        self.model_dir.fileChanged.connect(self.check_model_dirs)
+        self.clue_model_dir.fileChanged.connect(self.check_model_dirs)
         self.show_engine_python()
+        self.check_model_dirs()
 
     def settings(self) -> PluginSettings:
         """The settings as edited (not saved)."""
@@ -103,7 +118,19 @@ class SettingsDialog(QDialog):
                               python=self.python.filePath().strip(),
                               device=self.device.currentText(), mode=self.mode.currentText(),
                               clue=self._clue, answers_gpkg=self.answers_gpkg.filePath().strip(),
-                              torch_index_url=self.torch_index_url.text().strip())
+                              torch_index_url=self.torch_index_url.text().strip(),
+                              clue_model_dir=self.clue_model_dir.filePath().strip())
+
+    def check_model_dirs(self, *_) -> list[str]:
+        """The two checkpoint folders checked the same way (the layout the engine loads); the problems
+        are shown under them and returned."""
+        problems = [f"{label}: {problem}" for label, widget in (("Model directory", self.model_dir),
+                                                                ("Clue model directory", self.clue_model_dir))
+                    if widget.filePath().strip()
+                    and (problem := checkpoint_problem(widget.filePath().strip()))]
+        self.checkpoint_problems.setText("\n".join(problems))
+        self.checkpoint_problems.setVisible(bool(problems))
+        return problems
 
     def show_engine_python(self, *_) -> None:
         """Which Python the engine would run with now, and which rule chose it (no probe: instant)."""
@@ -162,5 +189,7 @@ class SettingsDialog(QDialog):
         return self._task is not None
 
     def accept(self) -> None:
+        if self.check_model_dirs():   # kept open: the problem is shown in red
+            return
         self.settings().save()
         super().accept()
