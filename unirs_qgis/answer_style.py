@@ -8,11 +8,12 @@ of the dock (annotations.py) use the same text format.
 
 from __future__ import annotations
 
-from osgeo import ogr
 from qgis.core import (QgsFillSymbol, QgsPalLayerSettings, QgsProcessingLayerPostProcessorInterface,
                        QgsSingleSymbolRenderer, QgsTextBufferSettings, QgsTextFormat, QgsVectorLayer,
                        QgsVectorLayerSimpleLabeling, QgsWkbTypes)
 from qgis.PyQt.QtGui import QColor
+
+from .layer_styles import save_default_style
 
 STYLE_NAME = "unirs answers"
 OUTLINE_COLOUR = "255,140,0,255"   # orange: visible on imagery, unlike the answer text
@@ -68,30 +69,13 @@ def style_answers_layer(layer: QgsVectorLayer, task: str, labels: bool = True) -
     layer.triggerRepaint()
 
 
-def save_default_style(layer: QgsVectorLayer) -> None:
-    """Store the layer's style in its GeoPackage (layer_styles) as the table's default style."""
-    # Saving over a style of the same name makes QGIS 3.22 ask in a modal dialog: remove ours first
-    # (listing a file without styles logs a warning: look for the table first).
-    ds = ogr.Open(layer.source().split("|", 1)[0])
-    if ds is not None and ds.GetLayerByName("layer_styles") is not None:
-        related, ids, names, _, _ = layer.listStylesInDatabase()   # this table's styles come first
-        for style_id, name in zip(ids[:related], names[:related]):
-            if name == STYLE_NAME:
-                layer.deleteStyleFromDatabase(style_id)
-    ds = None
-    error = layer.saveStyleToDatabase(STYLE_NAME, "UniRS answers: footprint outline, answer labels",
-                                      True, "")
-    if error:
-        raise OSError(f"{layer.source()}: could not save the default style: {error}")
-
-
 def style_answers_file(uri: str, task: str) -> None:
     """Style the table at `uri` (an OGR GeoPackage uri) and save that as its default style."""
     layer = QgsVectorLayer(uri, task, "ogr")
     if not layer.isValid():
         raise OSError(f"cannot open {uri} to save its style")
     style_answers_layer(layer, task)
-    save_default_style(layer)
+    save_default_style(layer, STYLE_NAME, "UniRS answers: footprint outline, answer labels")
 
 
 class AnswerLayerStyler(QgsProcessingLayerPostProcessorInterface):

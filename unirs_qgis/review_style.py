@@ -22,6 +22,8 @@ from qgis.PyQt.QtGui import QColor
 
 from unirs_engine.review.schema import CAPTION_CHANGED, CHANGED
 
+from .layer_styles import save_default_style
+
 STYLE_NAME = "unirs review"
 MAX_SCORE = 2.0     # score = 1 - mean cosine similarity, so it never exceeds 2
 FAINT_FILL = 45     # alpha of a changed tile's fill (0-255): the imagery stays readable through it
@@ -124,18 +126,8 @@ def style_review_layer(layer: QgsVectorLayer, threshold: float) -> None:
     layer.triggerRepaint()
 
 
-def save_default_style(layer: QgsVectorLayer) -> None:
-    """Store the layer's current style in its GeoPackage (layer_styles) as the default style."""
-    # Saving over an existing style of the same name makes QGIS 3.22 ask in a modal dialog (a hang in
-    # Processing and qgis_process): remove ours first.
-    related, ids, names, _, _ = layer.listStylesInDatabase()  # this table's styles come first
-    for style_id, name in zip(ids[:related], names[:related]):
-        if name == STYLE_NAME:
-            layer.deleteStyleFromDatabase(style_id)
-    error = layer.saveStyleToDatabase(STYLE_NAME, "UniRS change review: score, captions, verdicts",
-                                      True, "")
-    if error:
-        raise RuntimeError(f"{layer.source()}: could not save the default style: {error}")
+def save_review_style(layer: QgsVectorLayer) -> None:
+    save_default_style(layer, STYLE_NAME, "UniRS change review: score, captions, verdicts")
 
 
 class ReviewLayerStyler(QgsProcessingLayerPostProcessorInterface):

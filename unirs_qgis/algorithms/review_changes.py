@@ -27,7 +27,7 @@ from unirs_qgis.algorithms.base import UniRSAlgorithm, crs_for_engine
 from unirs_qgis.engine_link import get_client
 from unirs_qgis.layer_source import is_file_backed
 from unirs_qgis.review_events import FINISHED, INTERRUPTED, review_events
-from unirs_qgis.review_style import ReviewLayerStyler, save_default_style, style_review_layer
+from unirs_qgis.review_style import ReviewLayerStyler, save_review_style, style_review_layer
 
 DEFAULT_MAX_TILES = ReviewJob.__dataclass_fields__["max_tiles"].default
 DEFAULT_OUTPUT_NAME = "review.gpkg"   # becomes review_<before>_<after>.gpkg once the inputs are known
@@ -259,8 +259,8 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
         layer = QgsVectorLayer(uri, LAYER, "ogr")
         try:
             style_review_layer(layer, threshold)
-            save_default_style(layer)
-        except RuntimeError as e:  # the tiles are written; a missing style is not worth failing over
+            save_review_style(layer)
+        except OSError as e:  # the tiles are written; a missing style is not worth failing over
             feedback.pushWarning(str(e))
         project = context.project()
         opened = [lyr for lyr in (project.mapLayers().values() if project else ()) if lyr.source() == uri]
