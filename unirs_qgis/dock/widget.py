@@ -97,8 +97,12 @@ class UniRSDockWidget(QgsDockWidget):
         self.refresh_layers()
         self.refresh_clue()
         self._set_busy(False)
-        self.engine_banner.refresh()
         answers_store.watch(QgsProject.instance())   # the answers store follows the project's saves
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt)
+        super().showEvent(event)
+        if self.engine_banner.status is None:   # first shown: look for the engine now, not at QGIS start
+            self.engine_banner.refresh()
 
     # --- construction --------------------------------------------------------------------------
     def _build(self) -> None:
