@@ -7,7 +7,6 @@ One setup runs at a time plugin-wide: the dock's banner, the settings dialog and
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import traceback
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ def engine_status(settings: PluginSettings, probe: bool = True) -> EngineStatus:
     """Resolve the engine's Python as a worker start would; with `probe`, also look for every runtime
     module in it (a subprocess of ~0.1 s: call it from a task, not on the main thread)."""
     if settings.mode == "inprocess":
-        missing = [m for m in requirements.modules() if importlib.util.find_spec(m.split(".")[0]) is None]
+        missing = requirements.missing_here()
         if missing:
             return EngineStatus(False, sys.executable, "QGIS's own Python",
                                 f"in-process mode needs '{missing[0]}' in QGIS's own Python, which lacks it: "

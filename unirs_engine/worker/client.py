@@ -13,7 +13,6 @@ Importing this module imports no torch (QGIS imports it).
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import itertools
 import json
 import logging
@@ -523,7 +522,7 @@ class InProcessClient(EngineClient):
 
     def _loaded(self, on_progress: OnProgress | None):
         if self._engine is None:
-            missing = [m for m in requirements.modules() if importlib.util.find_spec(m.split(".")[0]) is None]
+            missing = requirements.missing_here()
             if missing:
                 raise EngineUnavailable(
                     f"in-process mode needs torch and the engine's other modules in QGIS's own Python "

@@ -21,7 +21,7 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
 from qgis.PyQt.QtCore import Qt
 
 from unirs_engine.review.job import DEFAULT_THRESHOLD, TILE_UNITS, ReviewJob
-from unirs_engine.review.schema import CHANGED, DISAGREE_FILTER, LAYER, RUNS
+from unirs_engine.review.schema import LAYER, RUNS
 from unirs_engine.runtime.paths import unirs_home
 from unirs_qgis.algorithms.base import UniRSAlgorithm, crs_for_engine
 from unirs_qgis.engine_link import get_client
@@ -37,18 +37,14 @@ _stylers: dict[str, ReviewLayerStyler] = {}
 
 
 def review_counts(gpkg: str) -> dict:
-    """The run record of the review in `gpkg` (total_tiles, done, skipped_*, ...) and the number of
-    changed tiles written so far; {} when the engine wrote nothing yet."""
+    """The run record of the review in `gpkg` (total_tiles, next_tile, skipped_*, changed,
+    disagreements, threshold...: the engine updates it with each batch's tiles, in one transaction);
+    {} when the engine wrote nothing yet."""
     ds = ogr.Open(gpkg) if os.path.isfile(gpkg) else None
     runs = ds.GetLayerByName(RUNS) if ds is not None else None
     if runs is None:
         return {}
-    record = max((feature.items() for feature in runs), key=lambda r: r.get("updated") or "", default={})
-    changes = ds.GetLayerByName(LAYER)
-    changes.SetAttributeFilter(f"{CHANGED} = 1")
-    changed = changes.GetFeatureCount()
-    changes.SetAttributeFilter(DISAGREE_FILTER)
-    return {**record, "changed": changed, "disagreements": changes.GetFeatureCount()}
+    return max((feature.items() for feature in runs), key=lambda r: r.get("updated") or "", default={})
 
 
 def applied_threshold(counts: dict) -> float:

@@ -296,6 +296,7 @@ class ReviewPanel(QWidget):
         if layer is not self.layer:
             self.layer = layer
             self.reload()
+            self._note_threshold()
             if layer is not None and is_temporary(review_path(layer)):
                 self.warn("This review is in a temporary file: the verdicts you record are lost when QGIS "
                           "closes. Save it first (Export ▸ Save Features As… a GeoPackage) and review that.")
@@ -343,6 +344,7 @@ class ReviewPanel(QWidget):
             self.open_path(uri.split("|")[0])
         elif self.layer is not None and self.layer.source() == uri:
             self.reload(keep_fid=self.current().fid if self.current() else None)
+            self._note_threshold()   # a run (re)started here may have resolved another threshold
         if how == INTERRUPTED:
             self.warn(message)
 
@@ -361,13 +363,14 @@ class ReviewPanel(QWidget):
             item.setData(Qt.UserRole, tile.fid)
             self.tile_list.addItem(item)
         self.tile_list.blockSignals(False)
-        self._note_threshold()
         rows = [i for i, tile in enumerate(self.tiles) if tile.fid == keep_fid]
         self.tile_list.setCurrentRow(rows[0] if rows else (0 if self.tiles else -1))
         if not self.tiles:
             self._show(-1)
 
     def _note_threshold(self) -> None:
+        """What the score means and the review's threshold (its run record: read once per layer or run,
+        not at each verdict)."""
         if self.layer is None:
             return self.score_note.setText("")
         counts = review_counts(review_path(self.layer))
