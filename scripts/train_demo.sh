@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The demo model recipe: synthetic benchmark -> vision -> align -> cem -> instruct -> threshold -> eval,
-# then models/demo. Every stage resumes from its newest state-<step> when rerun after a kill.
+# The demo model recipe: synthetic benchmark -> vision -> align -> cem -> instruct -> change-score head
+# -> threshold -> eval, then models/demo. Every stage resumes from its newest state-<step> when rerun after a kill.
 #
 #   scripts/train_demo.sh          full size (CPU, see docs/training.md for times); writes models/demo
 #   scripts/train_demo.sh smoke    toy size, a few minutes, checks the chain; models/demo untouched
@@ -72,19 +72,22 @@ stage cem configs/demo-cem.json "$RUN/cem" \
 stage instruct configs/demo-instruct.json "$RUN/instruct" \
   --set "model=$RUN/cem/checkpoint" --set "data.0.root=$DATA/rsvqa" \
   --set "data.1.root=$DATA/levircc" --set "data.2.root=$DATA/era"
+# The review's change score: a small head on the frozen tower (a copy of instruct's checkpoint + change_score/).
+stage change-score configs/demo-change-score.json "$RUN/change-score" \
+  --set "model=$RUN/instruct/checkpoint" --set "data.root=$DATA/levircc"
+FINAL="$RUN/change-score/checkpoint"
 
-echo "== change-score threshold (stored in the checkpoint; reviews use it by default)"
-unirs calibrate-threshold --model "$RUN/instruct/checkpoint" --data "$DATA/levircc" --split val
+echo "== change-score threshold (stored with the head; reviews use it by default; the stage wrote the same)"
+unirs calibrate-threshold --model "$FINAL" --data "$DATA/levircc" --split val
 
 echo "== eval"
-unirs eval --model "$RUN/instruct/checkpoint" --task synthetic --data "$DATA" --out "$RUN/eval" \
-  --split test
+unirs eval --model "$FINAL" --task synthetic --data "$DATA" --out "$RUN/eval" --split test
 
 if [[ "$SIZE" == full && "$VISION" == 1 ]]; then
   echo "== models/demo"
   rm -rf models/.demo.tmp
   mkdir -p models
-  cp -r "$RUN/instruct/checkpoint" models/.demo.tmp
+  cp -r "$FINAL" models/.demo.tmp
   # Its model id (answers, GeoPackage features, the dock's engine line), rather than "checkpoint".
   $PYTHON - <<'PY'
 import json, pathlib

@@ -3,11 +3,17 @@
 Every request goes the same way: read chips (georeferenced) -> vision features (cached per chip)
 -> optional clue from the base VLM (cached per input) -> prompt -> batched greedy generation (answers
 cached per chips + prompt: greedy decoding is deterministic, so a repeated question costs a read).
+
+Bad input is refused before the work it would waste, with one line naming the input and the limit:
+a prompt longer than the model's context (before reading), a read larger than `max_read_pixels`
+(before reading), an input with less than `min_valid_fraction` of its pixels holding data (before
+the vision pass).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections import OrderedDict
@@ -15,20 +21,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import prompts
 from .inputs.pair import read_pair
 from .inputs.preprocess import ImagePreprocessor
-from .inputs.raster import read_chip
-from .inputs.video import read_frame_stack, read_video_frames
+from .inputs.raster import MAX_READ_PIXELS, read_chip
+from .inputs.video import MIN_FRAMES, read_sequence
+from .model.change_score import FOLDER as CHANGE_SCORE_FOLDER, match_gain
 from .model.checkpoint import LoadedModel, load_checkpoint
+from .review.schema import COSINE_SCORE, HEAD_SCORE   # the change score in use (Engine.change_score)
 from .types import Chip, InputKind, Result
 
 TASK_NAMES = {InputKind.IMAGE: "ask", InputKind.PAIR: "change", InputKind.SEQUENCE: "classify"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v"}
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
+# Below this fraction of pixels with data (both dates for a pair, every frame of a sequence) a
+# request is refused: the model, trained on full scenes, would answer about the grey padding with
+# confidence. One half is also the change review's default for skipping a tile (review/job.py).
+MIN_VALID_FRACTION = 0.5
+# What the instruction is called in messages, per input kind.
+_INSTRUCTION_NAMES = {InputKind.IMAGE: "question", InputKind.PAIR: "instruction",
+                      InputKind.SEQUENCE: "instruction (with its class list)"}
 
 
 class EngineError(RuntimeError):
@@ -37,6 +52,22 @@ class EngineError(RuntimeError):
 
 class Cancelled(EngineError):
     """The caller asked to stop; results computed so far are discarded."""
+
+
+class InvalidRequest(EngineError):
+    """A parameter out of range (max_new_tokens, batch_size, num_frames, min_valid_fraction...)."""
+
+
+class PromptTooLong(InvalidRequest):
+    """The instruction does not fit the model's context beside the images and the answer."""
+
+
+class InputError(EngineError):
+    """An input the engine cannot read or use: missing, not a raster, too large to read..."""
+
+
+class NotEnoughData(InputError):
+    """Too few pixels of an input hold data (nodata, NaN, outside the other date)."""
 
 
 @dataclass
@@ -51,6 +82,7 @@ class Request:
     raw_instruction: bool = False     # True: the instruction is used as is (no task tag)
     classes: Sequence[str] | None = None  # SEQUENCE: label set for extra["label"]
     task: str | None = None           # the Result's task name; default from the kind
+    min_valid_fraction: float | None = None  # None: the engine's (e.g. a review passes its own)
 
     def __post_init__(self):
         self.kind = InputKind(self.kind)
@@ -65,6 +97,7 @@ class _Prepared:
     chips: list[Chip]
     keys: tuple[str, ...]             # content hash per chip
     features: torch.Tensor            # (N, P, D) on the model device
+    valid_fraction: float             # pixels with data: of the image, in both dates, of the worst frame
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -117,6 +150,40 @@ class _StopWhenCancelled(StoppingCriteria):
                           device=input_ids.device)
 
 
+def _positive_int(name: str, value, minimum: int = 1) -> int:
+    """`value` when it is an integer >= minimum, else InvalidRequest naming the parameter."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidRequest(f"{name} must be an integer of at least {minimum}, got {value!r}")
+    return value
+
+
+def _fraction(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InvalidRequest(f"{name} must be a number between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:.4g} %"
+
+
+def _valid_fraction(req: Request, chips: list[Chip]) -> tuple[float, str]:
+    """Fraction of pixels with data that decides the request, and what it is of (for messages):
+    the image; the pixels valid in both dates of a pair; the worst frame of a sequence."""
+    def name(chip: Chip, i: int) -> str:
+        return chip.georef.source if chip.georef else f"input {i + 1}"
+
+    if req.kind is InputKind.PAIR:
+        before, after = chips
+        common = np.ones(before.image.shape[:2], bool)                       # (H, W)
+        for chip in chips:
+            if chip.valid is not None:
+                common &= chip.valid
+        return float(common.mean()), f"{name(before, 0)} and {name(after, 1)} (valid in both)"
+    worst = min(range(len(chips)), key=lambda i: chips[i].valid_fraction)
+    return chips[worst].valid_fraction, name(chips[worst], worst)
+
+
 def _chip_key(chip: Chip) -> str:
     img = chip.image
     return hashlib.sha1(img.tobytes() + str(img.shape).encode()).hexdigest()
@@ -146,11 +213,20 @@ class Engine:
     """A loaded UniRS checkpoint (plus an optional base VLM for clues) answering requests."""
 
     def __init__(self, model: LoadedModel, *, clue_model: LoadedModel | None = None,
-                 num_frames: int | None = None, max_new_tokens: int = 64, cache_size: int = 64):
+                 num_frames: int | None = None, max_new_tokens: int = 64, cache_size: int = 64,
+                 min_valid_fraction: float = MIN_VALID_FRACTION,
+                 max_read_pixels: int | None = MAX_READ_PIXELS):
         self.model = model
         self.clue_model = clue_model
-        self.num_frames = num_frames or int(model.model.config.get("num_video_frames", 8))
-        self.max_new_tokens = max_new_tokens
+        if num_frames is None:
+            num_frames = int(model.model.config.get("num_video_frames", 8))
+        self.num_frames = _positive_int("num_frames", num_frames, MIN_FRAMES)
+        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+        self.min_valid_fraction = _fraction("min_valid_fraction", min_valid_fraction)
+        # Most source pixels one input read may touch (None: no limit); inputs/raster.py says why.
+        self.max_read_pixels = None if max_read_pixels is None else _positive_int("max_read_pixels",
+                                                                                   max_read_pixels)
+        self._context: dict[int, tuple[int, int, int]] = {}  # id(LoadedModel) -> context sizes
         self.preprocess = ImagePreprocessor.from_checkpoint(model.path)
         self._features = _LRU(cache_size)   # chip hash -> (P, D) features of self.model
         self._clues = _LRU(cache_size * 4)  # (kind, chip hashes) -> clue text
@@ -163,10 +239,18 @@ class Engine:
     @classmethod
     def load(cls, model_dir: str | Path | None = None, *, device: str | None = None,
              dtype: str | None = None, clue_model_dir: str | Path | None = None,
-             num_frames: int | None = None, max_new_tokens: int = 64) -> "Engine":
+             num_frames: int | None = None, max_new_tokens: int = 64,
+             min_valid_fraction: float = MIN_VALID_FRACTION,
+             max_read_pixels: int | None = MAX_READ_PIXELS) -> "Engine":
+        # Parameters first: a typo must not cost a model load.
+        if num_frames is not None:
+            _positive_int("num_frames", num_frames, MIN_FRAMES)
+        _positive_int("max_new_tokens", max_new_tokens)
+        _fraction("min_valid_fraction", min_valid_fraction)
         model = load_checkpoint(model_dir or default_model_dir(), device=device, dtype=dtype)
         clue = load_checkpoint(clue_model_dir, device=device, dtype=dtype) if clue_model_dir else None
-        return cls(model, clue_model=clue, num_frames=num_frames, max_new_tokens=max_new_tokens)
+        return cls(model, clue_model=clue, num_frames=num_frames, max_new_tokens=max_new_tokens,
+                   min_valid_fraction=min_valid_fraction, max_read_pixels=max_read_pixels)
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -183,7 +267,11 @@ class Engine:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
             "dtype": str(m.dtype).replace("torch.", ""),
             "has_change_module": m.model.mm_projector.has_change,
+            "change_score": self.change_score,
             "num_frames": self.num_frames,
+            "context_tokens": self._context_sizes(m)[0],
+            "min_valid_fraction": self.min_valid_fraction,
+            "max_read_pixels": self.max_read_pixels,
             "clue_model_id": self.clue_model.model_id if self.clue_model else None,
             "parameters": counts,
             "torch": torch.__version__,
@@ -221,12 +309,18 @@ class Engine:
                   is_cancelled: Callable[[], bool] | None = None) -> list[Result]:
         """Answer many requests, `batch_size` per generate call; same answers as one by one.
 
+        Every prompt is checked against the model's context before any input is read.
         `is_cancelled` is polled between batches and at every generated token; raises Cancelled."""
+        batch_size = _positive_int("batch_size", batch_size)
+        max_new_tokens = self.max_new_tokens if max_new_tokens is None else \
+            _positive_int("max_new_tokens", max_new_tokens)
+        for req in requests:
+            self._check_prompt_fits(req, self._min_slots(req), max_new_tokens)
         results: list[Result] = []
         for start in range(0, len(requests), batch_size):
             self._check(is_cancelled)
             chunk = [self._prepare(r) for r in requests[start:start + batch_size]]
-            results.extend(self._answer(chunk, max_new_tokens or self.max_new_tokens, is_cancelled))
+            results.extend(self._answer(chunk, max_new_tokens, is_cancelled))
             if progress:
                 progress(len(results), len(requests))
         return results
@@ -252,17 +346,48 @@ class Engine:
     def change_threshold_with_source(self) -> tuple[float, str]:
         from .review.calibrate import model_threshold
 
-        return model_threshold(self.model.model_id, self.model.model.config)
+        return model_threshold(self.model.model_id, self.change_score_config, self.change_score)
+
+    @property
+    def change_score(self) -> str:
+        """Which change score this model gives: HEAD_SCORE (its change_score/ head) or COSINE_SCORE."""
+        return HEAD_SCORE if self.model.change_head is not None else COSINE_SCORE
+
+    @property
+    def change_score_config(self) -> dict:
+        """The config that carries the threshold calibrated for the score in use: the head's, else the
+        checkpoint's top-level config."""
+        return self.model.change_head_config if self.model.change_head is not None else self.model.model.config
+
+    @property
+    def change_score_config_file(self) -> Path:
+        """The file of change_score_config (where `unirs calibrate-threshold` stores the threshold)."""
+        folder = self.model.path / CHANGE_SCORE_FOLDER if self.model.change_head is not None else self.model.path
+        return folder / "config.json"
+
+    def change_features(self, pairs: Sequence[tuple[Chip, Chip]], *, gain_matched: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P, D) before and after vision features of aligned pairs, in one batched vision pass;
+        `gain_matched`: of the after chip with its colour balance matched to the before chip (what
+        the change-score head reads; cached as a chip of its own)."""
+        afters = [match_gain(b, a) if gain_matched else a for b, a in pairs]
+        feats = self._encode([chip for (before, _), after in zip(pairs, afters) for chip in (before, after)])
+        return feats[0::2], feats[1::2]                                    # (B, P, D) each
 
     def change_scores(self, pairs: Sequence[tuple[Chip, Chip]]) -> list[float]:
-        """Cheap change scores of aligned pairs from the Change Extraction module (no text), in one
-        batched vision pass; the features stay cached for a following describe request."""
+        """Cheap change scores of aligned pairs (no text), higher = more likely changed: the head's
+        logit when the checkpoint has one, else 1 - mean cosine in the CEM's space. The features stay
+        cached for a following describe request."""
         if not self.model.model.mm_projector.has_change:
             raise EngineError(f"{self.model.model_id} has no Change Extraction module: change scores "
                               "need a UniRS checkpoint")
-        feats = self._encode([chip for pair in pairs for chip in pair])   # (2B, P, D)
+        head = self.model.change_head
+        before, after = self.change_features(pairs, gain_matched=head is not None)   # (B, P, D) each
         with torch.inference_mode():
-            scores = self._score(feats[0::2], feats[1::2])                 # (B,)
+            if head is not None:
+                scores = head(before, after)                                       # (B,)
+            else:
+                scores = self.model.model.mm_projector.layers["change"].change_score(before, after)  # (B,)
         return [float(s) for s in scores]
 
     # ---- steps --------------------------------------------------------------------------------
@@ -278,7 +403,8 @@ class Engine:
         return chips
 
     def _read_files(self, req: Request) -> list[Chip]:
-        kw = dict(bounds=req.bounds, bounds_crs=req.bounds_crs, bands=req.bands)
+        kw = dict(bounds=req.bounds, bounds_crs=req.bounds_crs, bands=req.bands,
+                  max_read_pixels=self.max_read_pixels)
         try:
             if req.kind is InputKind.IMAGE:
                 self._expect(req, 1)
@@ -290,25 +416,22 @@ class Engine:
                     return [before, after]
                 return list(read_pair(str(before), str(after), **kw))
             if req.kind is InputKind.SEQUENCE:
-                if not req.inputs:
-                    raise EngineError("a sequence request needs a video or at least one frame")
-                first = req.inputs[0]
-                if len(req.inputs) == 1 and isinstance(first, (str, Path)) \
-                        and Path(first).suffix.lower() in VIDEO_SUFFIXES:
-                    return read_video_frames(str(first), n=self.num_frames)
-                if all(isinstance(f, Chip) for f in req.inputs):
-                    return list(req.inputs)[: self.num_frames]
-                return read_frame_stack([str(f) for f in req.inputs], n=self.num_frames, **kw)
+                if req.inputs and all(isinstance(f, Chip) for f in req.inputs):
+                    chips = list(req.inputs)[: self.num_frames]
+                    if len(chips) < MIN_FRAMES:
+                        raise InputError(f"{len(chips)} frame(s) given; a sequence needs at least {MIN_FRAMES}")
+                    return chips
+                return read_sequence(list(req.inputs), self.num_frames, **kw)
         except EngineError:
             raise
-        except (OSError, ValueError) as exc:  # rasterio/PyAV errors carry the file name
-            raise EngineError(str(exc)) from exc
+        except (OSError, ValueError) as exc:  # the readers' messages name the file
+            raise InputError(" ".join(str(exc).split())) from exc
         raise EngineError(f"unknown input kind {req.kind!r}")
 
     @staticmethod
     def _expect(req: Request, n: int) -> None:
         if len(req.inputs) != n:
-            raise EngineError(f"a {req.kind.value} request needs {n} input(s), got {len(req.inputs)}")
+            raise InputError(f"a {req.kind.value} request needs {n} input(s), got {len(req.inputs)}")
 
     @staticmethod
     def _chip(src, **kw) -> Chip:
@@ -318,10 +441,6 @@ class Engine:
     def _check(is_cancelled: Callable[[], bool] | None) -> None:
         if is_cancelled and is_cancelled():
             raise Cancelled("cancelled by the caller")
-
-    def _score(self, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """(B, P, D) before/after features -> (B,) 1 - mean cosine similarity in the CEM's space."""
-        return self.model.model.mm_projector.layers["change"].change_score(before, after)
 
     def _encode(self, chips: list[Chip], loaded: LoadedModel | None = None,
                 keys: Sequence[str] | None = None) -> torch.Tensor:
@@ -350,10 +469,75 @@ class Engine:
         if req.kind is InputKind.PAIR and not self.model.model.mm_projector.has_change:
             raise EngineError(f"{self.model.model_id} has no Change Extraction module (a VILA-1.5 "
                               "checkpoint?): pair requests need a UniRS checkpoint")
+        valid_fraction = self._check_valid_fraction(req, chips)
         keys = tuple(_chip_key(c) for c in chips)
         features = self._encode(chips, keys=keys)
         t2 = time.perf_counter()
-        return _Prepared(req, chips, keys, features, {"read_s": t1 - t0, "encode_s": t2 - t1})
+        return _Prepared(req, chips, keys, features, valid_fraction,
+                         {"read_s": t1 - t0, "encode_s": t2 - t1})
+
+    def _check_valid_fraction(self, req: Request, chips: list[Chip]) -> float:
+        """The request's valid fraction; NotEnoughData below its minimum."""
+        minimum = self.min_valid_fraction if req.min_valid_fraction is None else \
+            _fraction("min_valid_fraction", req.min_valid_fraction)
+        fraction, of = _valid_fraction(req, chips)
+        if fraction < minimum:
+            raise NotEnoughData(f"only {_percent(fraction)} of the pixels of {of} have data "
+                                f"(minimum {_percent(minimum)})")
+        return fraction
+
+    # ---- prompt length ------------------------------------------------------------------------
+
+    def _context_sizes(self, loaded: LoadedModel) -> tuple[int, int, int]:
+        """(tokens the LLM reads at most, tokens per <image> slot, characters of the longest
+        vocabulary piece) of a loaded model, measured once."""
+        sizes = self._context.get(id(loaded))
+        if sizes is None:
+            model, tok = loaded.model, loaded.tokenizer
+            limits = [int(model.llm.config.max_position_embeddings)]
+            if 0 < (tok.model_max_length or 0) < 10 ** 9:   # transformers' "unset" is a huge number
+                limits.append(int(tok.model_max_length))
+            tower = model.vision_tower
+            probe = torch.zeros(1, tower.grid ** 2, tower.hidden_size, device=loaded.device,
+                                dtype=loaded.dtype)                                # (1, P, D)
+            with torch.inference_mode():   # the projector's token count, not a copy of its formula
+                per_slot = model.visual_slots(probe, InputKind.IMAGE).shape[1]   # (1, T, H) -> T
+            longest = max(len(piece) for piece in tok.get_vocab())
+            sizes = (min(limits), int(per_slot), longest)
+            self._context[id(loaded)] = sizes
+        return sizes
+
+    def _check_prompt_fits(self, req: Request, slots: int, max_new_tokens: int,
+                           clue: str | None = None) -> None:
+        """PromptTooLong unless the prompt (template, `slots` image slots, instruction, clue) plus
+        `max_new_tokens` fits the LLM's context."""
+        context, per_slot, longest = self._context_sizes(self.model)
+        room = context - max_new_tokens
+        if room <= 0:
+            raise InvalidRequest(f"max_new_tokens {max_new_tokens:,} leaves no room for the prompt: "
+                                 f"this model reads at most {context:,} tokens")
+        what = _INSTRUCTION_NAMES[req.kind] + (" with its clue" if clue else "")
+        limit = f"this model reads at most {context:,} (with {max_new_tokens:,} kept for the answer)"
+        # A piece covers at most `longest` characters: more characters than that many pieces fill
+        # the context cannot fit, and are refused without tokenising megabytes.
+        chars = len(req.instruction) + len(clue or "")
+        if chars > room * longest:
+            raise PromptTooLong(f"the {what} is {chars:,} characters, at least "
+                                f"{math.ceil(chars / longest):,} tokens; {limit}")
+        message = self._message(req, slots, clue)
+        ids = prompts.encode(self.model.tokenizer, message)[0]
+        n_slots = ids.count(prompts.IMAGE_TOKEN_INDEX)
+        tokens = len(ids) - n_slots + n_slots * per_slot
+        if tokens > room:
+            raise PromptTooLong(f"the {what} makes a prompt of {tokens:,} tokens (template and "
+                                f"{n_slots} image slot(s) of {per_slot} included); {limit}")
+
+    def _min_slots(self, req: Request) -> int:
+        """<image> slots the request will have at least, known before reading: one for an image or a
+        pair, one per frame of a stack, MIN_FRAMES for a video (its frame count is not read yet)."""
+        if req.kind is not InputKind.SEQUENCE:
+            return 1
+        return max(MIN_FRAMES, min(len(req.inputs), self.num_frames))
 
     def _clue(self, prep: _Prepared, is_cancelled: Callable[[], bool] | None) -> str | None:
         """The base VLM's clue for this input (Table II prompt), cached per input."""
@@ -378,8 +562,11 @@ class Engine:
 
     @staticmethod
     def _user_message(prep: _Prepared, clue: str | None) -> str:
-        req = prep.request
-        n = _n_slots(req.kind, prep.features)
+        return Engine._message(prep.request, _n_slots(prep.request.kind, prep.features), clue)
+
+    @staticmethod
+    def _message(req: Request, n: int, clue: str | None) -> str:
+        """The user message of `req` with `n` <image> slots."""
         if not req.raw_instruction:
             return prompts.user_message(req.kind, req.instruction, n, clue=clue)
         # Raw: the caller wrote the text; add the <image> markers it lacks.
@@ -403,6 +590,9 @@ class Engine:
     def _answer(self, batch: list[_Prepared], max_new_tokens: int,
                 is_cancelled: Callable[[], bool] | None = None) -> list[Result]:
         clues = [self._clue(p, is_cancelled) for p in batch]
+        for prep, clue in zip(batch, clues):   # exactly now: the frames are counted, the clue written
+            self._check_prompt_fits(prep.request, _n_slots(prep.request.kind, prep.features),
+                                    max_new_tokens, clue)
         messages = [self._user_message(p, c) for p, c in zip(batch, clues)]
         keys = [(p.request.kind.value, p.keys, m, max_new_tokens) for p, m in zip(batch, messages)]
         todo = [i for i, k in enumerate(keys) if self._answers.get(k) is None]
@@ -430,13 +620,14 @@ class Engine:
 
     def _extra(self, prep: _Prepared, answer: str) -> dict:
         req = prep.request
-        if req.kind is InputKind.PAIR:
-            with torch.inference_mode():
-                score = self._score(prep.features[:1], prep.features[1:])   # (1,)
-            return {"changed": not prompts.says_no_change(answer), "change_score": float(score[0])}
-        if req.kind is InputKind.SEQUENCE:
+        extra = {"valid_fraction": prep.valid_fraction}
+        if req.kind is InputKind.PAIR:   # the review's score, so that both surfaces give one number
+            extra.update(changed=not prompts.says_no_change(answer),
+                         change_score=self.change_scores([(prep.chips[0], prep.chips[1])])[0],
+                         change_score_kind=self.change_score)
+        elif req.kind is InputKind.SEQUENCE:
             classes = tuple(req.classes or ())
-            return {"label": prompts.match_class(answer, classes) if classes else None,
-                    "classes": list(classes),
-                    "frames": [c.georef.source if c.georef else None for c in prep.chips]}
-        return {}
+            extra.update(label=prompts.match_class(answer, classes) if classes else None,
+                         classes=list(classes),
+                         frames=[c.georef.source if c.georef else None for c in prep.chips])
+        return extra

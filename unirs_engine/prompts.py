@@ -100,7 +100,9 @@ def encode(tokenizer, user_msg: str, answer: str | None = None) -> tuple[list[in
         if i:
             ids.append(IMAGE_TOKEN_INDEX)
         if chunk:
-            ids.extend(tokenizer(chunk, add_special_tokens=False)["input_ids"])
+            # verbose=False: no "longer than the maximum" log; the engine measures and refuses such
+            # prompts itself (engine._check_prompt_fits), training truncates to its max_length.
+            ids.extend(tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"])
     labels = [IGNORE_INDEX] * len(ids)
     if answer is not None:
         answer_ids = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"]

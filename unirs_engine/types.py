@@ -52,6 +52,11 @@ class Chip:
     georef: GeoRef | None = None
     valid: np.ndarray | None = None     # (H, W) bool, False where nodata/outside; None = all valid
 
+    @property
+    def valid_fraction(self) -> float:
+        """Fraction of the chip's pixels that hold data (1.0 without a mask)."""
+        return 1.0 if self.valid is None else float(self.valid.mean())
+
 
 @dataclass
 class Result:

@@ -17,12 +17,32 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
                        QgsRasterBlockFeedback, QgsRasterDataProvider, QgsRasterFileWriter, QgsRasterLayer,
                        QgsRasterPipe, QgsRectangle)
 
+from .temp_files import TempFolderError, make_private, private_temp_dir
+
 MAX_SIDE = 4096         # pixels: cap on the long side of an export at native resolution
 RENDER_SIDE = 1024      # pixels: long side for providers without a native grid (WMS/XYZ)
 
 
 class LayerReadError(RuntimeError):
     """The layer cannot be turned into something the engine can read."""
+
+
+def why_unreadable(source: str) -> str:
+    """Why GDAL cannot open `source` as a raster, said plainly (QGIS only reports "not found")."""
+    path = source.split("|", 1)[0]
+    if path.startswith("/vsi") or "://" in path:
+        reason = "cannot be read"
+    elif not os.path.exists(path):
+        reason = "does not exist"
+    elif os.path.isdir(path):
+        reason = "is a directory, not a raster file"
+    elif os.path.getsize(path) == 0:
+        reason = "is empty (0 bytes)"
+    elif not os.access(path, os.R_OK):
+        reason = "is not readable (permission denied)"
+    else:
+        reason = "is not a raster GDAL can read"
+    return f"{path} {reason}"
 
 
 def is_file_backed(layer: QgsRasterLayer) -> bool:
@@ -144,13 +164,16 @@ def _cut_file(layer: QgsRasterLayer, area: QgsRectangle, partial: str) -> None:
 def _write_temporary(write) -> str:
     """A temporary GeoTIFF written by `write(partial_path)`: written whole, then moved, so no half
     file is ever under the returned path."""
-    folder = os.path.join(tempfile.gettempdir(), "unirs")
-    os.makedirs(folder, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix="layer_", suffix=".tif", dir=folder)
+    try:
+        folder = private_temp_dir()
+    except (OSError, TempFolderError) as exc:
+        raise LayerReadError(f"no private temporary folder for the layer export: {exc}") from exc
+    fd, path = tempfile.mkstemp(prefix="layer_", suffix=".tif", dir=folder)   # 0600
     os.close(fd)
     partial = path[:-4] + ".part.tif"
     try:
         write(partial)
+        make_private(partial)
         os.replace(partial, path)
     except BaseException:
         for leftover in (partial, path):

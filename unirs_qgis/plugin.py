@@ -12,6 +12,7 @@ from unirs_qgis import ICON_PATH
 from unirs_qgis.about import about_text, help_url
 from unirs_qgis.engine_link import shutdown_client
 from unirs_qgis.provider import UniRSProvider
+from unirs_qgis.temp_files import sweep_stale
 
 MENU = "&UniRS"
 
@@ -28,6 +29,7 @@ class UniRSPlugin:
 
     def initProcessing(self) -> None:  # noqa: N802 (QGIS hook)
         if self.provider is None:  # QGIS may call this and then initGui (which calls it again)
+            sweep_stale()          # exports left by a QGIS that was killed (also under qgis_process)
             self.provider = UniRSProvider()
             QgsApplication.processingRegistry().addProvider(self.provider)
 

@@ -25,7 +25,7 @@ from unirs_engine.review.schema import CAPTION_CHANGED, CHANGED
 from .layer_styles import save_default_style
 
 STYLE_NAME = "unirs review"
-MAX_SCORE = 2.0     # score = 1 - mean cosine similarity, so it never exceeds 2
+MAX_SCORE = 2.0     # no score exceeds it (1 - cosine similarity: 2; the head's probability: 1)
 FAINT_FILL = 45     # alpha of a changed tile's fill (0-255): the imagery stays readable through it
 # Changed tiles: yellow -> orange -> red as the score grows.
 CHANGED_COLOURS = ("#fecc5c", "#fd8d3c", "#e31a1c")

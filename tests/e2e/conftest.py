@@ -43,5 +43,7 @@ def qgis_profile(tmp_path_factory, tiny_checkpoint) -> dict[str, str]:
                          UNIRS_MODEL=str(tiny_checkpoint))
 
 
-def qgis_process(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True, timeout=timeout)
+def qgis_process(args: list[str], env: dict[str, str], timeout: int = 300,
+                 cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([QGIS_PROCESS, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)

@@ -137,7 +137,7 @@ def test_bad_inputs_are_one_line_errors(mosaics, tmp_path):
         plan_review(ReviewJob(mosaics["before"], str(tmp_path / "missing.tif"), str(tmp_path / "o.gpkg")))
     with pytest.raises(ReviewError, match=r"before_2019-06-01\.tif: band 4 does not exist; the raster has 3"):
         plan_review(_job(mosaics, bands=(4, 2, 1)))
-    with pytest.raises(ReviewError, match=r"crs 'EPSG:0' is not a coordinate reference system"):
+    with pytest.raises(ReviewError, match=r"unknown CRS 'EPSG:0' for the review grid"):
         plan_review(_job(mosaics, crs="EPSG:0"))
     for bad, message in (({"overlap": 64, "tile_size": 64}, "overlap must be >= 0 and < tile_size"),
                          ({"tile_units": "feet"}, "tile_units must be one of"),

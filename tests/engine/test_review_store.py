@@ -1,4 +1,4 @@
-"""The review GeoPackage: valid for GDAL/OGR, atomic batches, resume checks, verdicts."""
+"""The review GeoPackage: valid for GDAL/OGR, atomic batches, resume checks, verdicts, one writer."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 
 from unirs_engine.review import LAYER, ReviewError, ReviewJob, ReviewPlan, set_verdict
-from unirs_engine.review.store import CUSTOM_SRS_ID, ReviewStore, TileResult
+from unirs_engine.review.store import CUSTOM_SRS_ID, ReviewStore, TileResult, check_writable
 
 ogr.UseExceptions()
 LAEA = "+proj=laea +lat_0=52 +lon_0=10 +x_0=4321000 +y_0=3210000 +ellps=GRS80 +units=m +no_defs"
@@ -171,6 +171,29 @@ def test_a_failed_batch_writes_nothing(tmp_path):
     reopened = ReviewStore.open(job, plan, "tiny")
     assert reopened.state.next_tile == 2
     reopened.close()
+
+
+def test_one_review_at_a_time_writes_a_file(tmp_path):
+    plan, job = _plan(), _job(tmp_path)
+    store = ReviewStore.open(job, plan, "tiny")
+    store.append(_results(plan, [0, 1]), next_tile=2, skipped_nodata=0, skipped_outside=0)
+    for second_writer in (lambda: ReviewStore.open(job, plan, "tiny"), lambda: check_writable(job.out)):
+        with pytest.raises(ReviewError, match=r"^another review is writing .*review\.gpkg; wait for it to finish"):
+            second_writer()
+    set_verdict(job.out, _features(job.out)[0]["fid"], "confirmed")   # a verdict is no second writer
+    store.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["review.gpkg"]   # the lock file went with the lock
+    check_writable(job.out)
+    ReviewStore.open(job, plan, "tiny").close()
+
+
+def test_an_out_that_cannot_be_written_is_refused_and_nothing_is_left(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    job = ReviewJob("b.tif", "a.tif", str(tmp_path / "a_file" / "sub" / "review.gpkg"))
+    for attempt in (lambda: check_writable(job.out), lambda: ReviewStore.open(job, _plan(), "tiny")):
+        with pytest.raises(ReviewError, match=r"^cannot write .*review\.gpkg \(.*a_file is a file, not a folder\)$"):
+            attempt()
+    assert [p.name for p in tmp_path.iterdir()] == ["a_file"]
 
 
 def test_a_kill_inside_a_batch_transaction_leaves_a_file_read_only_openers_can_read(tmp_path):

@@ -3,7 +3,9 @@ on the tiny checkpoint (GDAL-written rasters, a PyAV video), and the in-process 
 
 Worker processes are few on purpose (each imports torch): one shared by most tests, started the hard
 way (polluted parent environment, noise on stdout before and after the worker takes over stdout) and
-restarted once after being killed; one spoken to in raw protocol lines; two that cannot start.
+restarted once after being killed; one spoken to in raw protocol lines (ended by "shutdown"), one
+ended by stdin's EOF; two that cannot start. Every way a worker ends is an exit 0 (no SIGABRT).
+The corpus of bad requests is tests/engine/test_worker_corpus.py.
 """
 
 from __future__ import annotations
@@ -24,16 +26,19 @@ import pytest
 from unirs_engine.testing.rasters import UTM33, ORIGIN, RES, pattern, write_pair, write_raster, write_video
 from unirs_engine.worker import protocol
 from unirs_engine.runtime.environment import clean_env
-from unirs_engine.worker.client import (EngineClientError, EngineUnavailable, InProcessClient, RequestCancelled,
-                                        SubprocessClient, WorkerDied, make_client)
+from unirs_engine.worker.client import (LOG_RUNS, EngineClientError, EngineUnavailable, InProcessClient,
+                                        RequestCancelled, RequestTimedOut, SubprocessClient, WorkerDied,
+                                        _WorkerProcess, absolute_paths, make_client)
 from unirs_engine.worker.server import Worker
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 PYTHON = str(VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable))
+# What a QGIS process may hold that must not reach the engine: its Python and GDAL settings (GDAL_SKIP
+# made the worker unable to read any GeoTIFF), and secrets.
 POLLUTED_ENV = {"PYTHONPATH": "/nonexistent/qgis/python", "QGIS_PREFIX_PATH": "/usr",
                 "GDAL_DATA": "/nonexistent/gdal", "PROJ_LIB": "/nonexistent/proj",
-                "VIRTUAL_ENV": "/nonexistent/venv"}
+                "VIRTUAL_ENV": "/nonexistent/venv", "GDAL_SKIP": "GTiff", "SECRET_TOKEN": "s3cret"}
 
 
 # ---- protocol lines ---------------------------------------------------------------------------
@@ -79,11 +84,54 @@ def test_bad_lines_are_protocol_errors_that_say_what_is_wrong(line, expected):
         protocol.decode(line)
 
 
-def test_clean_env_drops_qgis_python_and_gdal_settings():
-    env = clean_env({**POLLUTED_ENV, "QGIS_PLUGINPATH": "/x", "GDAL_DRIVER_PATH": "/x", "PROJ_DATA": "/x",
-                     "PYTHONHOME": "/x", "HOME": "/home/me", "OMP_NUM_THREADS": "1"})
-    assert env == {"HOME": "/home/me", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
+def test_clean_env_keeps_only_the_allow_list():
+    kept = {"PATH": "/usr/bin", "HOME": "/home/me", "USER": "me", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "TMPDIR": "/tmp/me", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "0",
+            "NVIDIA_VISIBLE_DEVICES": "all", "HIP_VISIBLE_DEVICES": "0", "HTTPS_PROXY": "http://proxy:3128",
+            "no_proxy": "localhost", "PIP_INDEX_URL": "https://mirror/simple", "PIP_CONFIG_FILE": "/etc/pip.conf",
+            "UNIRS_MODEL": "/models/unirs", "XDG_CACHE_HOME": "/home/me/.cache", "SYSTEMROOT": r"C:\Windows",
+            "LD_LIBRARY_PATH": "/opt/driver/lib"}
+    dropped = {**POLLUTED_ENV, "QGIS_PLUGINPATH": "/x", "GDAL_DRIVER_PATH": "/x", "PROJ_DATA": "/x",
+               "PYTHONHOME": "/x", "AWS_SECRET_ACCESS_KEY": "x", "QT_QPA_PLATFORM": "offscreen",
+               "DYLD_LIBRARY_PATH": "/x", "LD_PRELOAD": "/x.so"}
+    env = clean_env({**kept, **dropped, "UNIRS_WORKER_ENV": "LD_LIBRARY_PATH, NOT_SET"})
+    assert env == {**kept, "UNIRS_WORKER_ENV": "LD_LIBRARY_PATH, NOT_SET", "PYTHONPATH": str(REPO),
                    "PYTHONIOENCODING": "utf-8", "PYTHONUNBUFFERED": "1"}
+    assert "PYTHONPATH" not in clean_env(dropped, engine_importable=False)
+    assert "LD_LIBRARY_PATH" not in clean_env(kept)  # only when UNIRS_WORKER_ENV names it
+
+
+def test_path_params_are_made_absolute_against_the_callers_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    here = str(tmp_path)
+    assert absolute_paths("ask", {"image": "in/a.tif", "question": "q"}) == {"image": f"{here}/in/a.tif",
+                                                                             "question": "q"}
+    assert absolute_paths("change", {"before": Path("b.tif"), "after": "/data/a.tif"}) == {
+        "before": f"{here}/b.tif", "after": "/data/a.tif"}
+    assert absolute_paths("classify", {"frames": ["d1.tif", "/vsizip/s.zip/d2.tif"]})["frames"] == [
+        f"{here}/d1.tif", "/vsizip/s.zip/d2.tif"]
+    assert absolute_paths("classify", {"frames": "clip.mp4"})["frames"] == f"{here}/clip.mp4"
+    assert absolute_paths("review", {"before": "b.tif", "after": "https://host/a.tif", "out": "qo/x.gpkg",
+                                     "tile_size": 64}) == {
+        "before": f"{here}/b.tif", "after": "https://host/a.tif", "out": f"{here}/qo/x.gpkg", "tile_size": 64}
+    untouched = {"image": "", "question": "in/a.tif"}  # an empty path is the worker's to refuse
+    assert absolute_paths("ask", untouched) == untouched
+    assert absolute_paths("ask", {"image": 'NETCDF:"in.nc":var'})["image"] == 'NETCDF:"in.nc":var'
+    assert absolute_paths("info", {"image": "x"}) == {"image": "x"}
+
+
+def test_the_worker_log_keeps_the_last_runs(tmp_path):
+    """Each start rotates the log: worker.log is this run's, worker.log.1 the one before, ..."""
+    log_path = tmp_path / "logs" / "worker.log"
+    for run in range(LOG_RUNS + 2):
+        worker = _WorkerProcess([PYTHON, "-c", f"import sys; sys.stderr.write('run {run}')"], log_path)
+        assert worker.wait_exit(60) == 0
+        worker.kill()
+    kept = sorted(p.name for p in log_path.parent.iterdir())
+    assert kept == ["worker.log"] + [f"worker.log.{i}" for i in range(1, LOG_RUNS)]
+    for age in range(LOG_RUNS):
+        text = log_path.with_name("worker.log" + (f".{age}" if age else "")).read_text()
+        assert text.rstrip().endswith(f"run {LOG_RUNS + 1 - age}") and "starting:" in text
 
 
 def test_importing_the_client_imports_no_torch():
@@ -166,8 +214,8 @@ def test_worker_env_is_clean_and_stdout_noise_never_reaches_the_protocol(worker_
     assert info["mode"] == "subprocess" and info["pid"] == worker_client.pid != os.getpid()
     assert info["model_id"] == "unirs-tiny" and info["device"] == "cpu" and info["protocol"] == protocol.PROTOCOL_VERSION
     assert Path(info["python"]).resolve() == Path(PYTHON).resolve()
-    assert "PYTHONPATH" in info["env_keys"] and "UNIRS_WORKER_TEST_NOISE" in info["env_keys"]
-    assert not set(info["env_keys"]) & {"QGIS_PREFIX_PATH", "GDAL_DATA", "PROJ_LIB", "VIRTUAL_ENV"}
+    assert {"PYTHONPATH", "PATH", "UNIRS_HOME", "UNIRS_WORKER_TEST_NOISE"} <= set(info["env_keys"])
+    assert not set(info["env_keys"]) & set(POLLUTED_ENV) - {"PYTHONPATH"}  # GDAL_SKIP, SECRET_TOKEN...
     log = worker_client.log_path.read_text()  # the worker's stderr: where its noise went instead
     assert "noise: a library printed to sys.stdout" in log and "noise: C code wrote to fd 1" in log
     assert len(worker_client.skipped_lines) == 2  # the wrapper's lines, before the worker started
@@ -218,6 +266,15 @@ def test_subprocess_and_inprocess_give_the_same_answers(worker_client, inprocess
     assert inprocess_client.info()["mode"] == "inprocess" and inprocess_client.info()["pid"] == os.getpid()
 
 
+def test_relative_paths_are_the_callers_in_both_clients(worker_client, inprocess_client, inputs, monkeypatch):
+    """The worker runs in its cache folder: a relative path is made absolute by the client, against
+    the caller's working folder."""
+    monkeypatch.chdir(Path(inputs["image"]).parent)
+    for client in (worker_client, inprocess_client):
+        answer = client.ask(Path(inputs["image"]).name, "What is in the image?")
+        assert answer["georef"][0]["source"] == inputs["image"]
+
+
 def test_engine_errors_come_back_as_one_line_and_the_worker_keeps_serving(worker_client, inprocess_client, inputs):
     pid = worker_client.pid
     for client in (worker_client, inprocess_client):
@@ -231,8 +288,9 @@ def test_engine_errors_come_back_as_one_line_and_the_worker_keeps_serving(worker
             client.run("ask", {"question": "What is this?"})
         with pytest.raises(TypeError, match="not JSON serializable"):  # refused before it is sent
             client.run("ask", {"image": object(), "question": "What is this?"})
-        assert missing.value.error_type == junk.value.error_type == "EngineError"
-        assert "\n" not in str(missing.value) and "\n" not in str(junk.value)
+        for error in (missing.value, junk.value):  # the engine's own message, not "SomeError: ..."
+            assert error.error_type.endswith("Error") and error.error_type not in str(error)
+            assert "\n" not in str(error)
     assert worker_client.ask(inputs["image"], "Still there?")["task"] == "ask"
     assert worker_client.pid == pid
 
@@ -253,9 +311,16 @@ def test_cancel_mid_request_raises_and_the_same_worker_serves_the_next(worker_cl
 
 def test_timeout_cancels_the_request(worker_client, inputs):
     pid = worker_client.pid
-    # Past the deadline at the first look (its "started" progress): cancelled, never answered.
-    with pytest.raises(EngineClientError, match=r"did not answer 'classify' within 0 s"):
+    # Past the deadline before it is sent: never sent, never answered.
+    with pytest.raises(RequestTimedOut, match=r"did not answer 'classify' within 0 s"):
         worker_client.classify_sequence(inputs["video"], timeout=0)
+    # A deadline shorter than the answer takes: the worker is told to cancel, the answer never comes
+    # (each question new: no cached answer beats the deadline).
+    for n, timeout in enumerate((0.01, 0.05)):
+        t0 = time.monotonic()
+        with pytest.raises(RequestTimedOut, match=rf"did not answer 'classify' within {timeout:g} s"):
+            worker_client.classify_sequence(inputs["video"], classes=[f"class {n}", "other"], timeout=timeout)
+        assert time.monotonic() - t0 < 5.0  # the cancel was confirmed at once, nothing killed
     assert worker_client.pid == pid and worker_client.ask(inputs["image"], "Quick?")["task"] == "ask"
 
 
@@ -272,10 +337,13 @@ def test_killed_worker_is_reported_and_replaced(worker_client, inputs):
     assert again["task"] == "ask" and worker_client.pid not in (None, pid)
 
 
-def test_close_stops_the_worker(worker_client):
-    pid = worker_client.pid
+def test_close_stops_the_worker_with_exit_0(worker_client, inputs):
+    worker_client.ask(inputs["image"], "One more before closing?")  # torch has run: the abort's condition
+    process, pid = worker_client._worker.proc, worker_client.pid
     worker_client.close()
     assert worker_client.pid is None
+    assert process.returncode == 0, worker_client.log_path.read_text()[-2000:]  # not -6 (SIGABRT)
+    assert "terminate called" not in worker_client.log_path.read_text()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # exited and reaped
 
@@ -306,11 +374,13 @@ def test_a_python_without_the_engine_or_no_python_at_all_is_a_clear_error(tmp_pa
 class RawWorker:
     """`python -m unirs_engine.worker` driven line by line, as any client in any language would."""
 
-    def __init__(self, model: Path, heartbeat_s: float):
-        self.proc = subprocess.Popen([PYTHON, "-u", "-m", "unirs_engine.worker", "--model", str(model),
-                                      "--device", "cpu", "--heartbeat", str(heartbeat_s)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     env=clean_env(), cwd=model.parent)
+    def __init__(self, model: Path, heartbeat_s: float, log_path: Path):
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen([PYTHON, "-u", "-m", "unirs_engine.worker", "--model", str(model),
+                                          "--device", "cpu", "--heartbeat", str(heartbeat_s)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                         env=clean_env(), cwd=model.parent)
         self.seen: list[dict] = []
 
     def send(self, *lines: str | dict) -> None:
@@ -335,10 +405,22 @@ class RawWorker:
     def finals(self, rid) -> list[str]:
         return [m["type"] for m in self.seen if m["id"] == rid and m["type"] in protocol.FINAL_TYPES]
 
+    def exit_code(self) -> int:
+        """The exit status, once stdout is drained; asserts the worker did not abort on its way out."""
+        self.proc.stdout.read()
+        code = self.proc.wait(60)
+        assert "terminate called" not in self.log_path.read_text(errors="replace")
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
 
 @pytest.mark.timeout(180)
-def test_raw_protocol_cancel_heartbeat_bad_lines_and_shutdown(tiny_checkpoint, inputs):
-    w = RawWorker(tiny_checkpoint, heartbeat_s=0.2)
+def test_raw_protocol_cancel_heartbeat_bad_lines_and_shutdown(tiny_checkpoint, inputs, tmp_path):
+    w = RawWorker(tiny_checkpoint, heartbeat_s=0.2, log_path=tmp_path / "worker.log")
     try:
         ask = {"image": inputs["image"], "question": "What is this?"}
         # Sent before the model loaded: they wait in the queue; "b" is dropped from it by its cancel.
@@ -364,15 +446,35 @@ def test_raw_protocol_cancel_heartbeat_bad_lines_and_shutdown(tiny_checkpoint, i
         assert "client speaks protocol 0" in w.until("f", "error")["error"]["message"]
         assert w.until("g", "result")["result"]["pid"] == w.proc.pid
 
-        # Shutdown answers, exits 0 and leaves what follows it unanswered.
+        # A relative path means nothing in the worker's folder: refused, not read from there.
+        w.send(protocol.request("j", "ask", {"image": "scene.tif", "question": "What is this?"}))
+        assert w.until("j", "error")["error"]["message"] == ("ask: 'image' must be an absolute path (the worker "
+                                                           "does not know the caller's folder), got 'scene.tif'")
+
+        # Shutdown answers, exits 0 (stdin still open) and leaves what follows it unanswered.
         w.send(protocol.request("h", "shutdown"), protocol.request("i", "info"))
         w.until("h", "result")
-        assert w.proc.wait(60) == 0
+        assert w.exit_code() == 0
         assert w.finals("i") == []
     finally:
-        if w.proc.poll() is None:
-            w.proc.kill()
-        w.proc.wait()
+        w.kill()
+
+
+@pytest.mark.timeout(240)
+def test_stdin_eof_after_requests_ends_the_worker_with_exit_0(tiny_checkpoint, inputs, tmp_path):
+    """Issue 21: the worker aborted (SIGABRT, "terminate called without an active exception") on
+    stdin's EOF once torch had run: a thread freeing tensors while the interpreter finalised. Frequent
+    heartbeats make that thread busy; twice, as the abort came two runs in three."""
+    for run in range(2):
+        w = RawWorker(tiny_checkpoint, heartbeat_s=0.02, log_path=tmp_path / f"worker-{run}.log")
+        try:
+            w.send(protocol.request("a", "ask", {"image": inputs["image"], "question": f"Run {run}?"}),
+                   protocol.request("b", "classify", {"frames": inputs["stack"]}))
+            w.until("b", "result")
+            w.proc.stdin.close()
+            assert w.exit_code() == 0, w.log_path.read_text()[-2000:]
+        finally:
+            w.kill()
 
 
 def test_serve_answers_what_is_queued_then_returns_0_at_eof(tiny_checkpoint, inputs):

@@ -249,3 +249,25 @@ def test_worker_killed_mid_request_is_a_clear_error_then_recovers(run, data, tmp
                                "OUTPUT": str(tmp_path / "after_kill.gpkg")})
     assert len(read_features(result["OUTPUT"])[1]) == 1
     assert killed and get_client().info()["pid"] != pid
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "does not exist"),
+    ("folder", "is a directory, not a raster file"),
+    (b"", r"is empty \(0 bytes\)"),
+    (b"not pixels", "is not a raster GDAL can read"),
+])
+def test_an_unloadable_raster_is_named_with_its_problem(run, tmp_path, content, problem):
+    """QGIS alone says "<path> not found" for all four; the check says which it is, for each layer
+    parameter (one layer, or one of a list)."""
+    path = tmp_path / "input.tif"
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "never.gpkg"
+    with pytest.raises(QgsProcessingException, match=f"Raster layer: {path} {problem}"):
+        run("unirs:ask", {"INPUT": str(path), "QUESTION": "q?", "OUTPUT": str(out)})
+    with pytest.raises(QgsProcessingException, match=f"Dated raster layers: {path} {problem}"):
+        run("unirs:classify_sequence", {"LAYERS": [str(path)], "OUTPUT": str(out)})
+    assert not out.exists()

@@ -4,7 +4,6 @@ exported by QGIS to temporary GeoTIFFs that hold the same pixels on the same gri
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,6 +16,7 @@ from qgis.core import QgsCoordinateReferenceSystem, QgsFeedback, QgsRasterLayer,
 
 from unirs_engine.testing.rasters import ORIGIN, pattern, write_raster
 from unirs_qgis.layer_source import LayerReadError, raster_path_for_engine
+from unirs_qgis.temp_files import private_temp_dir
 
 UTM33 = QgsCoordinateReferenceSystem("EPSG:32633")
 
@@ -138,8 +138,8 @@ def test_invalid_layer_is_a_clear_error(tmp_path):
 
 def test_cancelled_export_leaves_no_file(scene):
     gdal.Translate("/vsimem/h5a_cancel.tif", str(scene))
-    folder = Path(tempfile.gettempdir()) / "unirs"
-    before = set(folder.glob("layer_*")) if folder.exists() else set()
+    folder = Path(private_temp_dir())
+    before = set(folder.glob("layer_*"))
     feedback = QgsFeedback()
     feedback.cancel()
     try:

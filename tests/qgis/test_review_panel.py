@@ -95,7 +95,7 @@ def test_changed_tiles_are_listed_by_score_descending(panel, review_gpkg):
     assert [panel.tile_list.item(i).text() for i in range(4)][3] == "· 0.130  ⚠ caption r0 c2"
     assert panel.tile_list.item(3).toolTip() == ("caption r0 c2\nscore 0.1300 · changed, the caption says no "
                                                  "change\n2019-06-01 → 2023-06-01 · tile row 0, column 2")
-    assert panel.score_note.text().startswith("Score: 1 − similarity of the before and after features")
+    assert panel.score_note.text().startswith("Score: 1 − the similarity of the model's before and after features")
 
 
 def test_next_previous_zoom_the_canvas_to_the_tile_in_the_canvas_crs(panel, review_gpkg, qgis_canvas):

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..argtypes import positive_int
 from .runner import PREDICTIONS, TASKS
 
 
@@ -21,8 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="dataset root")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for predictions and reports")
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--limit", type=int, metavar="N", help="only the first N samples")
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--limit", type=positive_int, metavar="N", help="only the first N samples")
     p.add_argument("--clue", action="store_true", help="augment prompts with the clue model's clue")
     p.add_argument("--clue-model", metavar="DIR", help="base VLM that writes the clue (needed by --clue)")
     p.add_argument("--pairs-as-frames", action="store_true",
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
                    help="bad samples (missing or unreadable files): skip and report, or stop")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
     p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bf16 on CUDA, fp32 on CPU)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.set_defaults(func=run_eval)
 
 

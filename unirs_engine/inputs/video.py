@@ -11,7 +11,59 @@ import av
 import numpy as np
 
 from ..types import Chip, GeoRef
-from .raster import read_chip
+from .raster import EmptyFileError, check_path_text, open_raster, read_chip
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v"}
+MIN_FRAMES = 2   # one frame is an image, not a sequence: there is no event or motion to classify
+ACCEPTS = "classify accepts one video file, or two or more images (frames) in time order"
+
+
+def read_sequence(paths: list[str | Path], n: int, **raster_kw: Any) -> list[Chip]:
+    """The frames of a SEQUENCE request: one video file (any container FFmpeg reads, whatever its
+    extension), or a dated stack of two or more rasters; at most `n`, at least MIN_FRAMES."""
+    paths = [str(p) for p in paths]
+    if not paths:
+        raise ValueError(f"no input: {ACCEPTS}")
+    for path in paths:
+        check_path_text(path)
+    videos = [p for p in paths if Path(p).suffix.lower() in VIDEO_SUFFIXES]
+    if len(paths) == 1:
+        chips = _read_single_input(paths[0], n)
+    elif videos:
+        raise ValueError(f"{videos[0]} is a video among {len(paths)} inputs; {ACCEPTS}")
+    else:
+        try:
+            chips = read_frame_stack(paths, n, **raster_kw)
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as exc:   # e.g. a video among the frames: say what is accepted
+            raise ValueError(f"{exc}; {ACCEPTS}") from None
+    if len(chips) < MIN_FRAMES:
+        raise ValueError(f"{paths[0]}: {_frames(len(chips))}; a sequence needs at least {MIN_FRAMES} "
+                         f"({ACCEPTS})")
+    return chips
+
+
+def _frames(count: int) -> str:
+    return f"{count} frame" if count == 1 else f"{count} frames"
+
+
+def _read_single_input(path: str, n: int) -> list[Chip]:
+    """The frames of a single input: a video by its extension, else whatever FFmpeg decodes and GDAL
+    does not open (a lone raster is one frame, refused without reading it)."""
+    if Path(path).suffix.lower() in VIDEO_SUFFIXES:
+        return read_video_frames(path, n)
+    try:
+        open_raster(path).close()
+    except (FileNotFoundError, IsADirectoryError, EmptyFileError):
+        raise                          # neither a video: GDAL's reason is the whole story
+    except (OSError, ValueError):
+        try:
+            return read_video_frames(path, n)
+        except ValueError:
+            raise ValueError(f"{path} is neither a video FFmpeg can read nor a raster GDAL can read; "
+                             f"{ACCEPTS}") from None
+    raise ValueError(f"{path} is one image ({_frames(1)}); a sequence needs at least {MIN_FRAMES} ({ACCEPTS})")
 
 
 def read_video_frames(path: str | Path, n: int = 8) -> list[Chip]:
@@ -20,6 +72,7 @@ def read_video_frames(path: str | Path, n: int = 8) -> list[Chip]:
     Sampling follows VILA/UniRS training: decoded-frame indexes np.linspace(0, count - 2, n).
     A video with at most `n` frames gives all of them (fewer than `n`; the caller decides)."""
     path = str(path)
+    check_path_text(path)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     indexes = _sample(_header_frame_count(path) or _decoded_frame_count(path), n)

@@ -2,7 +2,9 @@
 
 Layout: config.json (VILA's top-level keys, UniRS adds chg), llm/ (LlamaForCausalLM + tokenizer.model),
 vision_tower/ (SiglipVisionModel + preprocessor_config.json), mm_projector/ (config.json +
-model.safetensors with VILA's `layers.{1,2,4}.*` or UniRS' `layers.single.*` + `layers.change.*`).
+model.safetensors with VILA's `layers.{1,2,4}.*` or UniRS' `layers.single.*` + `layers.change.*`),
+and optionally change_score/ (config.json + model.safetensors: the review's change-score head,
+model/change_score.py; without it the review scores with the CEM's cosine).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from transformers import (LlamaConfig, LlamaForCausalLM, SiglipImageProcessorPil
                           SiglipVisionModel)
 from transformers.utils import logging as transformers_logging
 
+from .change_score import FOLDER as CHANGE_SCORE_FOLDER, KIND as CHANGE_SCORE_KIND, ChangeScoreHead
 from .factory import PROJECTOR_CFG
 from .projector import MultimodalProjector
 from .tokenizer import TOKENIZER_FILE, load_tokenizer
@@ -53,17 +56,27 @@ class LoadedModel:
     path: Path
     device: torch.device
     dtype: torch.dtype
+    change_head: ChangeScoreHead | None = None   # change_score/ when the checkpoint has one
+    change_head_config: dict[str, Any] | None = None   # its config.json (architecture, threshold, training)
 
 
 def pick_device(device: str | torch.device | None = None,
                 dtype: str | torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
-    """CUDA + bfloat16 when available, else CPU + float32; either can be forced ("cpu", "bf16")."""
+    """CUDA + bfloat16 when available, else CPU + float32; either can be forced ("cpu", "bf16").
+    A device or dtype that cannot be used is a one-line CheckpointError."""
     if device is None:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise CheckpointError(f"unknown device {device!r}; expected 'cpu', 'cuda' or 'cuda:N'") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available")
+            raise CheckpointError(f"device {device!r} requested but CUDA is not available to this "
+                                  f"PyTorch {torch.__version__}; use device 'cpu'")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CheckpointError(f"device {device!r} requested but this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
     if dtype is None:
         if dev.type != "cuda":
             return dev, torch.float32
@@ -72,7 +85,7 @@ def pick_device(device: str | torch.device | None = None,
         return dev, dtype
     name = str(dtype).removeprefix("torch.").lower()
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
+        raise CheckpointError(f"unknown dtype {dtype!r}; expected one of {', '.join(sorted(DTYPES))}")
     return dev, DTYPES[name]
 
 
@@ -228,6 +241,28 @@ def _load_projector(folder: Path, config: dict[str, Any], ckpt_config_path: Path
     return projector.to(dtype)
 
 
+def _load_change_head(folder: Path, dim: int) -> tuple[ChangeScoreHead, dict[str, Any]]:
+    """The checkpoint's change-score head (float32, eval mode) and its config."""
+    config_path = folder / "config.json"
+    config = _read_json(config_path, "the change-score head config")
+    _expect_type(config, "type", CHANGE_SCORE_KIND, config_path)
+    if config.get("dim") != dim:
+        raise CheckpointError(f"{config_path}: dim is {config.get('dim')!r}, expected the vision tower's "
+                              f"width {dim} (the head belongs to another tower)")
+    try:
+        head = ChangeScoreHead(dim, int(config["hidden"]), float(config["dropout"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: missing or bad key {exc} (expected hidden and dropout)") from exc
+    shapes = _weight_shapes(folder)
+    expected = head.state_dict()
+    _check_shapes(expected, shapes, folder)
+    missing = sorted(set(expected) - set(shapes))
+    if missing:
+        raise CheckpointError(f"{folder / 'model.safetensors'}: missing tensor {missing[0]!r}")
+    head.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+    return head.eval(), config
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device | None = None,
                     dtype: str | torch.dtype | None = None) -> LoadedModel:
     """A UniRS or VILA-1.5 checkpoint directory -> model (eval mode), tokenizer, image processor."""
@@ -257,9 +292,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None,
     _read_json(processor_dir / "preprocessor_config.json", "the SigLIP image processor config")
     image_processor = SiglipImageProcessorPil.from_pretrained(processor_dir)
     model = UniRSModel(tower, projector, llm, config).to(dev).eval()
+    head = head_config = None
+    if (path / CHANGE_SCORE_FOLDER).is_dir():
+        head, head_config = _load_change_head(path / CHANGE_SCORE_FOLDER, tower.hidden_size)
+        head = head.to(dev)   # float32 whatever the model's dtype: it is tiny
     return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor,
                        model_id=config.get("_name_or_path") or path.name, path=path,
-                       device=dev, dtype=dt)
+                       device=dev, dtype=dt, change_head=head, change_head_config=head_config)
 
 
 # ---- saving -----------------------------------------------------------------------------------
@@ -299,7 +338,10 @@ def _save_tensors(state: dict[str, torch.Tensor], file: Path, prefix: str = "") 
 
 def save_checkpoint(model: UniRSModel | LoadedModel, path: str | Path, tokenizer=None,
                     image_processor: SiglipImageProcessorPil | None = None) -> Path:
-    """Write `model` in the VILA-1.5 layout at `path` (built aside, then moved into place)."""
+    """Write `model` in the VILA-1.5 layout at `path` (built aside, then moved into place).
+
+    A change-score head is not written: it was trained on one tower's features, and a stage that
+    saves a model may have changed them (`unirs train change-score` adds it to a checkpoint)."""
     if isinstance(model, LoadedModel):
         tokenizer = tokenizer or model.tokenizer
         image_processor = image_processor or model.image_processor
@@ -336,3 +378,20 @@ def save_checkpoint(model: UniRSModel | LoadedModel, path: str | Path, tokenizer
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def save_change_head(head: ChangeScoreHead, checkpoint: str | Path, config: dict[str, Any]) -> Path:
+    """Write the head into `checkpoint`/change_score/ (config.json = its architecture + `config`,
+    model.safetensors), replacing one that is there; built aside, then moved into place."""
+    folder = Path(checkpoint) / CHANGE_SCORE_FOLDER
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "config.json").write_text(json.dumps({**head.architecture(), **config}, indent=2))
+    _save_tensors(head.state_dict(), tmp / "model.safetensors")
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder

@@ -1,13 +1,16 @@
 """The change-score threshold of a model: calibrated on labelled pairs and stored in its checkpoint,
 or learnt from an analyst's verdicts in a review and kept per user.
 
-The score (1 - mean cosine similarity of the CEM's before/after maps) has no common scale across
-models: a real UniRS and the small demo model differ by orders of magnitude. So each checkpoint
-carries its own threshold, chosen on LEVIR-CC-format pairs (changeflag 0/1) to maximise balanced
-accuracy. An analyst's confirmed/rejected tiles of a review are such labelled pairs too: a threshold
-fitted to them is stored in the user's data folder (UNIRS_HOME/thresholds.json, by model id; the
-checkpoint folder may be read-only or replaced by a plugin update) and wins over the checkpoint's.
-A review without an explicit threshold uses the first of: the user's, the checkpoint's, the default.
+The score (the change-score head's logit, or without a head 1 - mean cosine similarity of the CEM's
+before/after maps; Engine.change_score says which) has no common scale across models and scores. So
+each checkpoint carries its own threshold for the score it gives, chosen on LEVIR-CC-format pairs
+(changeflag 0/1) to maximise balanced accuracy: in the head's config (change_score/config.json) when
+it has a head, else in its top-level config.json. The head's is chosen on mosaic-like copies of the
+pairs (augment.py), since that is what reviews read. An analyst's confirmed/rejected tiles of a
+review are such labelled pairs too: a threshold fitted to them is stored in the user's data folder
+(UNIRS_HOME/thresholds.json, by model id and score; the checkpoint folder may be read-only or replaced
+by a plugin update) and wins over the checkpoint's. A review without an explicit threshold uses the
+first of: the user's, the checkpoint's, the default.
 No rasterio or torch here: the QGIS plugin calls it in-process.
 """
 
@@ -25,9 +28,12 @@ from ..runtime.paths import unirs_home
 from .job import DEFAULT_THRESHOLD, ReviewError
 from .schema import LAYER, RUNS
 
-CONFIG_KEY = "review_change_threshold"   # in the checkpoint's top-level config.json
-USER_THRESHOLDS = "thresholds.json"      # in UNIRS_HOME: {model id: {"threshold": ..., ...}}
+CONFIG_KEY = "review_change_threshold"   # in the config of the score in use (see above)
+USER_THRESHOLDS = "thresholds.json"      # in UNIRS_HOME: {model id: {"threshold": ..., "score": ..., ...}}
+# The score of thresholds recorded before models had a head (reviews and user thresholds without one).
+EARLIER_SCORE = "cem-cosine"
 MIN_VERDICTS = 5                         # of each kind, to recalibrate from a review
+HEAD_COPIES = 3                          # mosaic-like copies per labelled pair, calibrating a head's score
 
 
 @dataclass(frozen=True)
@@ -64,22 +70,31 @@ def best_threshold(scores: Sequence[float], changed: Sequence[bool]) -> Calibrat
     return Calibration(float(threshold), best, n_pos, n_neg)
 
 
-def calibrate(engine, pairs: Sequence[tuple[str, str]], changed: Sequence[bool],
-              batch_size: int = 16) -> Calibration:
-    """Score `pairs` (before, after image paths on one grid) with `engine` and pick the threshold."""
-    from ..inputs.pair import read_pair
+def calibrate(engine, pairs: Sequence[tuple[str, str]], changed: Sequence[bool], *, copies: int = 0,
+              seed: int = 0, batch_size: int = 16) -> Calibration:
+    """Score `pairs` (before, after image paths on one grid) with `engine`, as read (copies=0) or as
+    `copies` mosaic-like versions of each (augment.py), and pick the threshold."""
+    from .augment import read_pairs, review_read_side
 
+    chips = read_pairs(pairs, copies=copies, seed=seed, side=review_read_side(engine.preprocess.size))
     scores: list[float] = []
-    for start in range(0, len(pairs), batch_size):
-        chips = [read_pair(before, after) for before, after in pairs[start:start + batch_size]]
-        scores += engine.change_scores(chips)
-    return best_threshold(scores, changed)
+    batch: list = []
+    for pair in chips:
+        batch.append(pair)
+        if len(batch) == batch_size:
+            scores += engine.change_scores(batch)
+            batch = []
+    if batch:
+        scores += engine.change_scores(batch)
+    return best_threshold(scores, list(changed) * max(copies, 1))
 
 
-def model_threshold(model_id: str, config: dict) -> tuple[float, str]:
-    """(threshold, where it comes from) for a review without an explicit one."""
+def model_threshold(model_id: str, config: dict, score: str) -> tuple[float, str]:
+    """(threshold, where it comes from) for a review without an explicit one; `config` is the one of
+    the score in use (Engine.change_score_config), `score` its name. A user's threshold fitted to
+    another score of the same model (before it had a head) does not apply."""
     user = user_thresholds().get(model_id)
-    if user is not None:
+    if user is not None and user.get("score", EARLIER_SCORE) == score:
         return float(user["threshold"]), f"your verdicts in {Path(user['review']).name} ({user['created'][:10]})"
     if config.get(CONFIG_KEY) is not None:
         return float(config[CONFIG_KEY]), "calibrated in the checkpoint"
@@ -98,6 +113,7 @@ class Recalibration:
     """A threshold fitted to the verdicts of one review."""
 
     model_id: str
+    score: str                 # the change score the review used (Engine.change_score)
     review: str
     before: Calibration        # the threshold the review applied, scored on the verdicts
     after: Calibration         # the best threshold on the verdicts
@@ -110,7 +126,8 @@ def calibrate_from_review(gpkg: str | os.PathLike, min_each: int = MIN_VERDICTS)
     except sqlite3.Error as exc:
         raise ReviewError(f"{gpkg}: cannot open ({exc})") from None
     try:
-        model, applied = conn.execute(f'SELECT model, threshold FROM "{RUNS}" ORDER BY id LIMIT 1').fetchone()
+        model, applied, score = conn.execute(
+            f'SELECT model, threshold, change_score FROM "{RUNS}" ORDER BY id LIMIT 1').fetchone()
         judged = conn.execute(f'SELECT score, verdict FROM "{LAYER}" WHERE verdict IS NOT NULL').fetchall()
     except (sqlite3.Error, TypeError):
         raise ReviewError(f"{gpkg} is not a UniRS change review of this version") from None
@@ -123,7 +140,7 @@ def calibrate_from_review(gpkg: str | os.PathLike, min_each: int = MIN_VERDICTS)
                           f"{Path(gpkg).name} has {confirmed} confirmed and {rejected} rejected")
     scores = [score for score, _ in judged]
     labels = [verdict == "confirmed" for _, verdict in judged]
-    return Recalibration(model, os.fspath(gpkg), _scored(applied, scores, labels), best_threshold(scores, labels))
+    return Recalibration(model, score, os.fspath(gpkg), _scored(applied, scores, labels), best_threshold(scores, labels))
 
 
 def _scored(threshold: float, scores: Sequence[float], changed: Sequence[bool]) -> Calibration:
@@ -139,7 +156,7 @@ def keep_user_threshold(recalibration: Recalibration) -> Path:
     path = unirs_home() / USER_THRESHOLDS
     stored = user_thresholds()
     stored[recalibration.model_id] = {
-        "threshold": recalibration.after.threshold, "review": recalibration.review,
+        "threshold": recalibration.after.threshold, "score": recalibration.score, "review": recalibration.review,
         "balanced_accuracy_before": recalibration.before.balanced_accuracy,
         "balanced_accuracy_after": recalibration.after.balanced_accuracy,
         "confirmed": recalibration.after.changed, "rejected": recalibration.after.unchanged,
@@ -151,12 +168,13 @@ def keep_user_threshold(recalibration: Recalibration) -> Path:
     return path
 
 
-def store(model_dir: str | os.PathLike, calibration: Calibration, source: str) -> Path:
-    """Write the threshold (and how it was found) into model_dir/config.json, atomically."""
-    path = Path(model_dir) / "config.json"
+def store(config_file: str | os.PathLike, calibration: Calibration, source: str, **how) -> Path:
+    """Write the threshold (and how it was found: `source`, `how`) into the config of the score it was
+    calibrated for (Engine.change_score_config_file), atomically."""
+    path = Path(config_file)
     config = json.loads(path.read_text())
     config[CONFIG_KEY] = calibration.threshold
-    config[CONFIG_KEY + "_info"] = {**asdict(calibration), "source": source}
+    config[CONFIG_KEY + "_info"] = {**asdict(calibration), "source": source, **how}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, path)

@@ -9,7 +9,8 @@ import signal
 import sys
 import threading
 
-from .calibrate import MIN_VERDICTS
+from ..argtypes import positive_int
+from .calibrate import CONFIG_KEY, HEAD_COPIES, MIN_VERDICTS
 from .job import DEFAULT_THRESHOLD, ReviewError, ReviewJob
 
 EXIT_CANCELLED = 130  # the shell's code for "stopped by Ctrl-C"
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("--overlap", type=float, default=0.0, help="tile overlap, same units (default 0)")
     p.add_argument("--crs", help="common grid CRS, e.g. EPSG:32633 (default: BEFORE's)")
     p.add_argument("--resolution", type=float, help="common grid pixel size in CRS units (default: BEFORE's)")
-    p.add_argument("--bands", type=int, nargs="+", help="1-based bands for R G B (or one for grey)")
+    p.add_argument("--bands", type=positive_int, nargs="+", help="1-based bands for R G B (or one for grey)")
     p.add_argument("--threshold", type=float,
                    help="change score at or above which a tile is captioned (default: the threshold "
                         f"calibrated for the model, else {DEFAULT_THRESHOLD})")
@@ -39,8 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--min-valid", type=float, default=0.5,
                    help="fraction of a tile's pixels with data in both dates below which it is skipped; "
                         "pixels without data in either date are blanked in both (default 0.5)")
-    p.add_argument("--max-tiles", type=int, default=100_000, help="refuse a plan with more tiles (default 100000)")
-    p.add_argument("--batch-size", type=int, default=8, help="tile pairs per forward pass (default 8)")
+    p.add_argument("--max-tiles", type=positive_int, default=100_000,
+                   help="refuse a plan with more tiles (default 100000)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="tile pairs per forward pass (default 8)")
     p.add_argument("--date-before", help="ISO date of BEFORE, written into every feature")
     p.add_argument("--date-after", help="ISO date of AFTER")
     p.add_argument("--model", metavar="DIR", help="UniRS checkpoint (default: $UNIRS_MODEL, else the demo model)")
@@ -51,13 +53,22 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "calibrate-threshold", help="calibrate a model's change-score threshold on labelled pairs",
         description="With --model and --data: scores the pairs of a LEVIR-CC-format split (changeflag 0/1) "
-                    "and stores the threshold with the best balanced accuracy in the model's config.json. "
+                    "and stores the threshold with the best balanced accuracy in the config of the model's "
+                    "change score (change_score/config.json for a model with a change-score head, else "
+                    "config.json). "
                     "With --from-review: fits the threshold to your confirmed (changed) and rejected "
                     "(unchanged) tiles of a review and keeps it for that review's model in your data folder "
                     "(UNIRS_HOME), where it wins over the checkpoint's. Reviews without --threshold use it.")
     p.add_argument("--model", metavar="DIR", help="UniRS checkpoint to calibrate (written)")
     p.add_argument("--data", metavar="ROOT", help="LEVIR-CC-format root")
     p.add_argument("--split", default="val", help="split to calibrate on (default val)")
+    p.add_argument("--copies", type=int, metavar="N",
+                   help=f"score N mosaic-like copies of every pair (resampled, shifted, re-exposed, part "
+                        f"blanked), 0 = the pairs as they are (default: as recorded with the model's "
+                        f"threshold, else {HEAD_COPIES} for a model with a change-score head, 0 for the "
+                        f"CEM's cosine score)")
+    p.add_argument("--seed", type=int, help="seed of the copies (default: as recorded with the model's "
+                                            "threshold, else 0)")
     p.add_argument("--from-review", metavar="REVIEW.gpkg", help="learn from the verdicts of this review instead")
     p.add_argument("--min-each", type=int, default=MIN_VERDICTS,
                    help=f"--from-review: confirmed and rejected tiles needed, each (default {MIN_VERDICTS})")
@@ -68,9 +79,9 @@ def register(subparsers) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..engine import Engine
     from .grid import plan_review
     from .run import run_review
+    from .store import check_writable
 
     try:
         job = ReviewJob(args.before, args.after, args.out, tile_size=args.tile_size, tile_units=args.tile_units,
@@ -78,7 +89,10 @@ def run_command(args: argparse.Namespace) -> int:
                         threshold=args.threshold, caption_all=args.caption_all, min_valid=args.min_valid,
                         max_tiles=args.max_tiles, batch_size=args.batch_size, date_before=args.date_before,
                         date_after=args.date_after)
-        plan_review(job)  # refuse a bad plan before the model loads
+        plan_review(job)  # refuse a bad plan, an unwritable or busy --out before the model loads
+        check_writable(job.out)
+        from ..engine import Engine   # here: a refused job costs no torch import either
+
         engine = Engine.load(args.model, device=args.device)
         stop = threading.Event()
         previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())  # stop between tokens
@@ -101,7 +115,7 @@ def run_command(args: argparse.Namespace) -> int:
         state = "stopped (rerun to resume)" if s.cancelled else "done"
         print(f"review {state}: {s.resumed_from + s.done:,}/{s.total_tiles:,} tiles "
               f"({s.done:,} this run, {s.tiles_per_s:.2f} tiles/s); skipped {s.skipped_nodata:,} nodata, "
-              f"{s.skipped_outside:,} outside; {s.changed:,} changed (score >= {s.threshold:.4g}), "
+              f"{s.skipped_outside:,} outside; {s.changed:,} changed ({s.change_score} score >= {s.threshold:.4g}), "
               f"{s.captioned:,} captioned, {s.disagreements:,} where the caption disagrees -> {s.out}")
     return EXIT_CANCELLED if summary.cancelled else 0
 
@@ -114,22 +128,33 @@ def calibrate_command(args: argparse.Namespace) -> int:
         return 2
     from ..data.errors import DataError
     from ..data.levircc import read_levircc
-    from ..engine import Engine
+    from ..engine import HEAD_SCORE, Engine
     from .calibrate import calibrate, store
 
     try:
+        if args.copies is not None and args.copies < 0:   # before the model loads
+            raise ReviewError(f"--copies must be >= 0, got {args.copies}")
         samples = read_levircc(args.data, args.split)
         if not samples:
             raise ReviewError(f"{args.data}: no pairs in split {args.split!r}")
         engine = Engine.load(args.model, device=args.device)
+        # Defaults: how the model's threshold was calibrated (e.g. by `unirs train change-score`), so a
+        # rerun recomputes it.
+        recorded = engine.change_score_config.get(CONFIG_KEY + "_info") or {}
+        copies = args.copies if args.copies is not None else recorded.get(
+            "copies", HEAD_COPIES if engine.change_score == HEAD_SCORE else 0)
+        seed = args.seed if args.seed is not None else recorded.get("seed", 0)
         result = calibrate(engine, [(str(s.images[0]), str(s.images[1])) for s in samples],
-                           [bool(s.meta["changeflag"]) for s in samples])
+                           [bool(s.meta["changeflag"]) for s in samples], copies=copies, seed=seed)
     except (ReviewError, DataError, OSError) as exc:   # a missing/unreadable pair names its file
         print(f"unirs calibrate-threshold: error: {exc}", file=sys.stderr)
         return 2
-    path = store(args.model, result, f"{args.data} ({args.split})")
-    print(f"threshold {result.threshold:.6g}: balanced accuracy {100 * result.balanced_accuracy:.1f} % on "
-          f"{result.changed} changed and {result.unchanged} unchanged pairs -> {path}")
+    path = store(engine.change_score_config_file, result, f"{args.data} ({args.split})",
+                 score=engine.change_score, copies=copies, seed=seed)
+    copied = f" ({copies} mosaic-like copies of each of {len(samples)})" if copies else ""
+    print(f"{engine.change_score} score threshold {result.threshold:.6g}: balanced accuracy "
+          f"{100 * result.balanced_accuracy:.1f} % on {result.changed} changed and {result.unchanged} "
+          f"unchanged pairs{copied} -> {path}")
     return 0
 
 

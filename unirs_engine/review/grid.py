@@ -6,12 +6,11 @@ import math
 from dataclasses import asdict, dataclass
 
 from rasterio.crs import CRS
-from rasterio.errors import CRSError, RasterioIOError
 from rasterio.transform import Affine
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window, bounds as window_bounds
 
-from ..inputs.raster import Bounds, crs_label, fmt_bounds, open_raster, select_bands
+from ..inputs.raster import Bounds, crs_label, fmt_bounds, open_raster, parse_crs, select_bands
 from .job import ReviewError, ReviewJob
 
 _SNAP_EPS = 1e-6  # pixels: float noise must not add a grid row or column
@@ -68,9 +67,9 @@ def plan_review(job: ReviewJob) -> ReviewPlan:
                                       "georeferenced mosaics")
                 select_bands(src, path, job.bands)  # a bad band fails here, not in the reader thread
             try:
-                crs = CRS.from_user_input(job.crs) if job.crs else before.crs
-            except CRSError as exc:
-                raise ReviewError(f"crs {job.crs!r} is not a coordinate reference system ({exc})") from None
+                crs = parse_crs(job.crs, "the review grid") if job.crs else before.crs
+            except ValueError as exc:
+                raise ReviewError(str(exc)) from None
             res = job.resolution or _native_resolution(before, crs)
             b_left, b_bottom, b_right, b_top = transform_bounds(before.crs, crs, *before.bounds)
             a_left, a_bottom, a_right, a_top = transform_bounds(after.crs, crs, *after.bounds)
@@ -85,7 +84,7 @@ def plan_review(job: ReviewJob) -> ReviewPlan:
                 raise ReviewError(
                     f"{job.before} and {job.after} do not overlap: before extent {fmt_bounds(before.bounds)} "
                     f"in {crs_label(before.crs)}, after extent {fmt_bounds(after.bounds)} in {crs_label(after.crs)}")
-    except (RasterioIOError, ValueError) as exc:  # their messages name the file
+    except (OSError, ValueError) as exc:  # the readers' messages name the file
         raise ReviewError(str(exc)) from None
 
     tile_px, overlap_px = _to_pixels(job.tile_size, res, job), _to_pixels(job.overlap, res, job, tile=False)

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any
 
-# Score (1 - mean cosine similarity of the CEM's before/after features) at or above which a tile is
-# captioned, for a checkpoint that carries no calibrated threshold (review/calibrate.py).
+# Score at or above which a tile is captioned, for a checkpoint that carries no calibrated threshold
+# (review/calibrate.py); on the scale of 1 - mean cosine similarity of the CEM's before/after features.
 DEFAULT_THRESHOLD = 0.1
 TILE_UNITS = ("pixels", "map")
 # Keys that change how fast a review runs, not what it writes: a resume may change them.
@@ -50,8 +50,9 @@ class ReviewJob:
     instruction: str | None = None   # default prompts.CHANGE_DESCRIBE_INSTRUCTION
 
     def __post_init__(self):
+        self._check_types()
         if self.bands is not None:
-            object.__setattr__(self, "bands", tuple(int(b) for b in self.bands))
+            object.__setattr__(self, "bands", tuple(self.bands))
         problems = [msg for bad, msg in (
             (self.tile_units not in TILE_UNITS, f"tile_units must be one of {TILE_UNITS}, got {self.tile_units!r}"),
             (not self.tile_size > 0, f"tile_size must be > 0, got {self.tile_size}"),
@@ -71,6 +72,32 @@ class ReviewJob:
         ) if bad]
         if problems:
             raise ReviewError(f"bad review job: {problems[0]}")
+
+    def _check_types(self) -> None:
+        """A job can come as JSON from the worker protocol: name a value of the wrong type, before
+        the range checks compare it."""
+        def number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+        def whole(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        path = ((str, os.PathLike), "a path")
+        expected = {"before": path, "after": path, "out": path,
+                    "tile_units": (str, "a string"), "caption_all": (bool, "true or false")}
+        for name in ("crs", "date_before", "date_after", "instruction"):
+            expected[name] = ((str, type(None)), "a string or null")
+        for name, (kind, what) in expected.items():
+            if not isinstance(getattr(self, name), kind):
+                raise ReviewError(f"bad review job: {name} must be {what}, got {getattr(self, name)!r}")
+        for name, valid, what in (
+                *((n, number, "a number") for n in ("tile_size", "overlap", "min_valid")),
+                *((n, lambda v: v is None or number(v), "a number or null") for n in ("resolution", "threshold")),
+                *((n, whole, "a whole number") for n in ("max_tiles", "batch_size", "prefetch")),
+                ("bands", lambda v: v is None or isinstance(v, (list, tuple)) and all(whole(b) for b in v),
+                 "a list of 1-based band numbers or null")):
+            if not valid(getattr(self, name)):
+                raise ReviewError(f"bad review job: {name} must be {what}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (bands as a list), for the worker protocol and the GeoPackage."""
@@ -114,6 +141,7 @@ class ReviewSummary:
     captioned: int
     disagreements: int        # captioned tiles whose caption's statement differs from `changed`
     threshold: float          # the threshold applied (the job's, else the model's)
+    change_score: str         # the score compared with it: "head" or "cem-cosine" (schema.py)
     cancelled: bool
     elapsed_s: float
     tiles_per_s: float

@@ -9,6 +9,7 @@ from typing import Callable
 from .. import prompts
 from ..types import InputKind
 from .grid import plan_review
+from .augment import review_read_side
 from .job import ReviewError, ReviewJob, ReviewSummary
 from .store import ReviewStore, TileResult
 from .tiles import TilePair, TileReader
@@ -31,15 +32,16 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
         threshold, source = engine.change_threshold_with_source
         job = dataclasses.replace(job, threshold=threshold)
     plan = plan_review(job)
-    # A pair's two feature sets must still be cached when its caption is generated after scoring.
-    engine.reserve_cache(2 * job.batch_size)
-    store = ReviewStore.open(job, plan, engine.model.model_id, source)
+    # A pair's features must still be cached when its caption is generated after scoring: before and
+    # after, and the gain-matched after the change-score head reads (describe's extra["change_score"]).
+    engine.reserve_cache(3 * job.batch_size)
+    store = ReviewStore.open(job, plan, engine.model.model_id, source, engine.change_score)
     start, cancelled = store.state.next_tile, False
     try:
         if progress:
             progress(start, plan.total_tiles)
         if not store.state.finished:
-            with TileReader(job, plan, start=start, max_side=2 * engine.preprocess.size) as reader:
+            with TileReader(job, plan, start=start, max_side=review_read_side(engine.preprocess.size)) as reader:
                 for batch in reader:
                     if is_cancelled and is_cancelled():
                         cancelled = True
@@ -63,7 +65,8 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
     return ReviewSummary(run_id=s.run_id, out=str(job.out), total_tiles=plan.total_tiles, done=done,
                          resumed_from=start, skipped_nodata=s.skipped_nodata, skipped_outside=s.skipped_outside,
                          changed=s.changed, captioned=s.captioned, disagreements=s.disagreements,
-                         threshold=job.threshold, cancelled=cancelled, elapsed_s=elapsed,
+                         threshold=job.threshold, change_score=engine.change_score, cancelled=cancelled,
+                         elapsed_s=elapsed,
                          tiles_per_s=done / elapsed if elapsed > 0 else 0.0)
 
 
@@ -80,7 +83,9 @@ def _review_pairs(engine, job: ReviewJob, pairs: list[TilePair], is_cancelled: C
         pause()
     wanted = [i for i, score in enumerate(scores) if job.caption_all or score >= job.threshold]
     instruction = job.instruction or prompts.CHANGE_DESCRIBE_INSTRUCTION
-    answers = engine.run_batch([Request(InputKind.PAIR, [pairs[i].before, pairs[i].after], instruction)
+    # the tiles kept are those with job.min_valid of data: the engine's own minimum must not refuse them
+    answers = engine.run_batch([Request(InputKind.PAIR, [pairs[i].before, pairs[i].after], instruction,
+                                        min_valid_fraction=job.min_valid)
                                 for i in wanted], batch_size=job.batch_size, is_cancelled=is_cancelled)
     captions = dict(zip(wanted, answers))
     results = []

@@ -9,7 +9,13 @@ look first.
 """
 
 LAYER = "changes"                   # one polygon per reviewed tile
-RUNS = "unirs_review_runs"          # the job, its threshold and where it stands
+RUNS = "unirs_review_runs"          # the job, its change score and threshold, and where it stands
+# RUNS.change_score: which score the tiles' `score` is; the threshold is on that score's scale.
+HEAD_SCORE, COSINE_SCORE = "head", "cem-cosine"
+SCORE_MEANINGS = {   # what a score says, in the words of the plugin's help and panel
+    HEAD_SCORE: "the probability that the tile changed, from the model's change-score head (0 to 1)",
+    COSINE_SCORE: "1 − the similarity of the model's before and after features (0 = the same)",
+}
 VERDICTS = ("confirmed", "rejected")
 CHANGED = "score_above_threshold"   # the rule (see above)
 CAPTION_CHANGED = "caption_says_change"

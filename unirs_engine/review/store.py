@@ -2,13 +2,15 @@
 
 Layer LAYER holds one polygon per reviewed tile; the attributes table RUNS holds the job and where it
 stands. Each batch's features and the next tile to do are committed in one transaction, so a killed
-review leaves a valid file with every finished tile, and a rerun resumes where it stopped.
+review leaves a valid file with every finished tile, and a rerun resumes where it stopped. One review
+at a time writes a file: an OS lock beside it (OutputLock) refuses a second.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import sqlite3
 import struct
 import uuid
@@ -52,7 +54,8 @@ CREATE TABLE "{LAYER}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POL
   verdict TEXT CHECK (verdict IN ('confirmed', 'rejected')), reviewed_at DATETIME, reviewed_by TEXT,
   UNIQUE (tile_row, tile_col));
 CREATE TABLE "{RUNS}" (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, run_id TEXT NOT NULL UNIQUE,
-  job_json TEXT NOT NULL, model TEXT NOT NULL, threshold REAL NOT NULL, threshold_source TEXT NOT NULL,
+  job_json TEXT NOT NULL, model TEXT NOT NULL, change_score TEXT NOT NULL,
+  threshold REAL NOT NULL, threshold_source TEXT NOT NULL,
   started DATETIME NOT NULL, updated DATETIME NOT NULL,
   finished BOOLEAN NOT NULL, next_tile INTEGER NOT NULL, total_tiles INTEGER NOT NULL,
   done INTEGER NOT NULL, skipped_nodata INTEGER NOT NULL, skipped_outside INTEGER NOT NULL,
@@ -112,33 +115,119 @@ def _srs(plan: ReviewPlan) -> tuple[int, tuple]:
     return srs_id, (crs_label(crs), srs_id, "EPSG" if epsg else "NONE", srs_id, plan.crs, "grid CRS of the review")
 
 
+class OutputLock:
+    """An OS lock on `.OUT.lock` beside a review's output, held while one review writes OUT: a second
+    review of the same file (another shell, QGIS, the worker) is refused instead of writing the same
+    tiles twice. The kernel drops the lock when its holder dies, so a killed review blocks nothing.
+    Verdicts (set_verdict) do not take it: SQLite's own locking orders them with the review's commits."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+        self.path = self.out.with_name(f".{self.out.name}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        """Take the lock, or ReviewError: another review holds it, or OUT's folder is not writable."""
+        while True:
+            fd = self._open()
+            if not _try_lock(fd):
+                os.close(fd)
+                raise ReviewError(f"another review is writing {self.out}; wait for it to finish or choose "
+                                  "another --out")
+            try:   # the holder may have released and removed the file between our open and lock
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    self._fd = fd
+                    return self
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        if sys.platform != "win32":
+            self.path.unlink(missing_ok=True)   # still locked: a waiter that opened it sees it is stale
+        os.close(self._fd)                      # closing releases the lock
+        self._fd = None
+        if sys.platform == "win32":             # Windows removes no open file: after the close
+            try:
+                self.path.unlink(missing_ok=True)
+            except PermissionError:             # another review has it open and now holds it
+                pass
+
+    def _open(self) -> int:
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            blocker = next((p for p in self.out.parents if p.exists()), None)
+            why = (f"{blocker} is a file, not a folder" if blocker is not None and not blocker.is_dir()
+                   else f"{self.out.parent}: {exc.strerror}")
+            raise ReviewError(f"cannot write {self.out} ({why})") from None
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive lock on the open file `fd` without waiting; False when another process holds it."""
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):   # Windows says "permission denied" for a held lock
+        return False
+    return True
+
+
+def check_writable(out: str | os.PathLike) -> None:
+    """ReviewError now when a review could not write `out` (folder not writable, another review
+    writing it), before a caller spends time loading a model."""
+    _refuse_read_only(Path(out))
+    OutputLock(out).acquire().release()
+
+
+def _refuse_read_only(path: Path) -> None:
+    if path.exists() and not os.access(path, os.W_OK):   # SQLite would open it read-only and fail later
+        raise ReviewError(f"cannot write {path} (the file is read-only)")
+
+
 class ReviewStore:
-    """An open review GeoPackage: `ReviewStore.open(job, plan, model)`, then append() per batch."""
+    """An open review GeoPackage: `ReviewStore.open(job, plan, model)`, then append() per batch; it holds
+    the OutputLock of the file until close()."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection, state: RunState, job: ReviewJob, model: str,
-                 srs_id: int):
+                 srs_id: int, lock: OutputLock):
         self.path, self.conn, self.state, self.job, self.model, self.srs_id = path, conn, state, job, model, srs_id
+        self.lock = lock
 
     @classmethod
     def open(cls, job: ReviewJob, plan: ReviewPlan, model: str,
-             threshold_source: str = "given for this review") -> "ReviewStore":
+             threshold_source: str = "given for this review", change_score: str = "cem-cosine") -> "ReviewStore":
         """Create job.out, or reopen it when it holds this very job (else ReviewError naming the keys).
-        job.threshold is the resolved one; `threshold_source` says where it came from."""
+        job.threshold is the resolved one; `threshold_source` says where it came from; `change_score`
+        which score the model gives (a resume must give the same)."""
         path = Path(job.out)
-        if not path.exists():
-            _create(path, job, plan, model, threshold_source)
-        conn = _connect(path)
+        _refuse_read_only(path)
+        lock, conn = OutputLock(path).acquire(), None
         try:
-            state = _resume_state(conn, path, job, plan, model)
+            if not path.exists():
+                _create(path, job, plan, model, threshold_source, change_score)
+            conn = _connect(path)
+            state = _resume_state(conn, path, job, plan, model, change_score)
             # WAL (as QGIS uses for GeoPackages): a kill mid-commit leaves no hot journal that read-only
             # openers (ogrinfo -ro, a QGIS layer) could not roll back, and readers never block the writer.
             conn.execute("PRAGMA journal_mode = WAL")
             srs_id = conn.execute("SELECT srs_id FROM gpkg_geometry_columns WHERE table_name = ?",
                                   (LAYER,)).fetchone()[0]
         except BaseException:
-            conn.close()
+            if conn is not None:
+                conn.close()
+            lock.release()
             raise
-        return cls(path, conn, state, job, model, srs_id)
+        return cls(path, conn, state, job, model, srs_id, lock)
 
     def append(self, results: list[TileResult], *, next_tile: int, skipped_nodata: int,
                skipped_outside: int) -> None:
@@ -176,6 +265,7 @@ class ReviewStore:
 
     def close(self) -> None:
         self.conn.close()
+        self.lock.release()
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -187,9 +277,10 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise ReviewError(f"{path}: cannot open as a GeoPackage ({exc})") from None
 
 
-def _create(path: Path, job: ReviewJob, plan: ReviewPlan, model: str, threshold_source: str) -> None:
-    """Write an empty review GeoPackage under a temporary name, then move it to `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _create(path: Path, job: ReviewJob, plan: ReviewPlan, model: str, threshold_source: str,
+            change_score: str) -> None:
+    """Write an empty review GeoPackage under a temporary name, then move it to `path` (whose folder the
+    caller's OutputLock made)."""
     part = path.with_name(f".{path.name}.part")
     part.unlink(missing_ok=True)
     srs_id, srs_row = _srs(plan)
@@ -215,11 +306,11 @@ def _create(path: Path, job: ReviewJob, plan: ReviewPlan, model: str, threshold_
             conn.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change) "
                          "VALUES (?, 'attributes', ?, ?, ?)", (RUNS, RUNS, "UniRS review runs", now))
             conn.execute(
-                f'INSERT INTO "{RUNS}" (run_id, job_json, model, threshold, threshold_source, started, updated, '
-                "finished, next_tile, total_tiles, done, skipped_nodata, skipped_outside, changed, captioned, "
-                "disagreements) VALUES (?, ?, ?, ?, ?, ?, ?, 0, 0, ?, 0, 0, 0, 0, 0, 0)",
-                (uuid.uuid4().hex, _job_json(job), model, job.threshold, threshold_source, now, now,
-                 plan.total_tiles))
+                f'INSERT INTO "{RUNS}" (run_id, job_json, model, change_score, threshold, threshold_source, '
+                "started, updated, finished, next_tile, total_tiles, done, skipped_nodata, skipped_outside, "
+                "changed, captioned, disagreements) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, 0, 0, 0, 0, 0, 0)",
+                (uuid.uuid4().hex, _job_json(job), model, change_score, job.threshold, threshold_source, now,
+                 now, plan.total_tiles))
         conn.close()
         os.replace(part, path)
     except BaseException:
@@ -235,19 +326,23 @@ def _job_json(job: ReviewJob) -> str:
     return json.dumps(d)
 
 
-def _resume_state(conn: sqlite3.Connection, path: Path, job: ReviewJob, plan: ReviewPlan, model: str) -> RunState:
-    """The stored run of `path`, after checking it is this job, model and grid."""
+def _resume_state(conn: sqlite3.Connection, path: Path, job: ReviewJob, plan: ReviewPlan, model: str,
+                  change_score: str) -> RunState:
+    """The stored run of `path`, after checking it is this job, model, change score and grid."""
     try:
-        row = conn.execute(f'SELECT run_id, job_json, model, next_tile, total_tiles, finished, '
+        row = conn.execute(f'SELECT run_id, job_json, model, change_score, next_tile, total_tiles, finished, '
                            f'{", ".join(_COUNTERS)} FROM "{RUNS}" ORDER BY id LIMIT 1').fetchone()
     except sqlite3.DatabaseError:  # not SQLite at all, or no runs table
         row = None
     if row is None:
         raise ReviewError(f"{path} exists and is not a UniRS review GeoPackage, or one written by an earlier "
                           "UniRS version; delete it or choose another --out")
-    run_id, job_json, stored_model, next_tile, total, finished, *counts = row
-    stored = {**ReviewJob.from_dict({**json.loads(job_json), "out": str(path)}).identity(), "model": stored_model}
-    wanted = {**job.identity(), "model": model}
+    run_id, job_json, stored_model, stored_score, next_tile, total, finished, *counts = row
+    # The same model id may give another score (a checkpoint that got a change-score head): its tiles'
+    # scores would not compare.
+    stored = {**ReviewJob.from_dict({**json.loads(job_json), "out": str(path)}).identity(), "model": stored_model,
+              "change_score": stored_score}
+    wanted = {**job.identity(), "model": model, "change_score": change_score}
     differing = [f"{key}={stored[key]!r}" for key in stored if stored[key] != wanted[key]]
     if differing:
         raise ReviewError(f"{path} holds a review with {', '.join(differing)}; delete it or choose another --out")

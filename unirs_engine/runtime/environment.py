@@ -24,10 +24,34 @@ from . import paths, requirements
 
 ENV_VARIABLE = "UNIRS_ENGINE_PYTHON"
 NOT_SET_UP = f"the UniRS engine is not set up: {requirements.SETUP_HINT}"
-# Variables of the QGIS process that would make another python load QGIS's libraries or data.
-DROPPED_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PROJ_LIB", "PROJ_DATA", "GDAL_DATA",
-               "GDAL_DRIVER_PATH")
-
+# The engine's processes (worker, check, pip) get only these variables of the QGIS process: names,
+# and name prefixes. Everything else stays behind: QGIS's Python/GDAL/PROJ/Qt settings (GDAL_SKIP,
+# PROJ_LIB, PYTHONPATH... would make another Python read QGIS's data or skip drivers) and whatever
+# secrets the parent holds. GDAL_DATA/PROJ_DATA are not needed: rasterio's wheels carry their own and a
+# system GDAL finds its compiled-in paths.
+ALLOWED_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "USERNAME", "LANG", "LANGUAGE", "TZ",    # who and where
+    "TMPDIR", "TEMP", "TMP",                                                     # temp folders
+    "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR",    # unirs_home(), pip's config
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",         # thread settings
+    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",                        # the user's network, for pip
+    "http_proxy", "https_proxy", "all_proxy", "no_proxy",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+    # Windows: what Python, sockets, torch and paths.py need to work at all.
+    "SYSTEMROOT", "SYSTEMDRIVE", "WINDIR", "COMSPEC", "PATHEXT", "USERPROFILE", "HOMEDRIVE", "HOMEPATH",
+    "APPDATA", "LOCALAPPDATA", "PROGRAMDATA", "PROGRAMFILES", "NUMBER_OF_PROCESSORS",
+    "PROCESSOR_ARCHITECTURE",
+)
+ALLOWED_ENV_PREFIXES = (
+    "LC_",                                                       # locale
+    "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "ROCM_", "HSA_", "PYTORCH_",  # GPUs and torch's allocator
+    "MKL_", "KMP_",                                              # thread settings of MKL / Intel OpenMP
+    "PIP_",                                                      # the user's pip configuration
+    "UNIRS_",                                                    # ours
+)
+# Names the user adds to the allow-list, comma-separated (e.g. LD_LIBRARY_PATH for a GPU driver
+# installed off the usual paths).
+EXTRA_ENV_VARIABLE = "UNIRS_WORKER_ENV"
 
 class EngineNotSetUp(RuntimeError):
     """No Python to run the engine was found; str() says what to do."""
@@ -129,15 +153,20 @@ def resolve_engine_python(setting: str | None = None, home: str | os.PathLike | 
 
 
 def clean_env(base: dict[str, str] | None = None, *, engine_importable: bool = True) -> dict[str, str]:
-    """`base` (default os.environ) without QGIS's python/GDAL/PROJ settings; with
-    `engine_importable`, unirs_engine is importable from the plugin folder (PYTHONPATH)."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if k not in DROPPED_ENV and not k.startswith("QGIS_")}
+    """The environment of every process that runs the engine's Python (the worker, the engine check, the
+    setup's pip): only the variables of `base` (default os.environ) named in ALLOWED_ENV, or starting
+    with one of ALLOWED_ENV_PREFIXES, or listed in UNIRS_WORKER_ENV (comma-separated names); then
+    PYTHONIOENCODING=utf-8, PYTHONUNBUFFERED=1 and, with `engine_importable`, PYTHONPATH = the plugin
+    folder (so `-m unirs_engine.worker` imports this engine). An allow-list, not a deny-list: a
+    variable of the QGIS process (GDAL_SKIP, PROJ_LIB, a token) cannot change or reach the engine."""
+    base = os.environ if base is None else base
+    extra = {name.strip() for name in base.get(EXTRA_ENV_VARIABLE, "").split(",") if name.strip()}
+    env = {k: v for k, v in base.items()
+           if k in ALLOWED_ENV or k.startswith(ALLOWED_ENV_PREFIXES) or k in extra}
     env.update(PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
     if engine_importable:
         env["PYTHONPATH"] = str(paths.PLUGIN_ROOT)
     return env
-
 
 def missing_modules(python: str | os.PathLike) -> list[str] | None:
     """The runtime modules `python` cannot find (found, not imported: fast); None when it cannot run."""

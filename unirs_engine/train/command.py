@@ -1,4 +1,4 @@
-"""`unirs train {vision,align,cem,instruct} --config FILE [--set key=value ...] [--resume DIR]` and
+"""`unirs train {vision,align,cem,instruct,change-score} --config FILE [--set key=value ...] [--resume DIR]` and
 `unirs clues` (the base VLM's clue for every training sample, for `clues` in a data spec).
 
 The same command runs on one CPU, one GPU or many:
@@ -11,18 +11,21 @@ import argparse
 import json
 import sys
 
+from ..argtypes import positive_int
 from .config import STAGES, ConfigError, load_config
 
 CLUE_TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat")
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a UniRS model (stages: vision, align, cem, instruct)",
+    p = subparsers.add_parser("train", help="train a UniRS model (stages: vision, align, cem, instruct, "
+                                            "change-score)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=list(STAGES),
                    help="vision: demo tower + projector + CEM from scratch; align: demo model "
                         "from scratch; cem: Chg2Cap-style Change Extraction pretraining; instruct: "
-                        "joint instruction tuning")
+                        "joint instruction tuning; change-score: the review's change-score head on "
+                        "the frozen tower (adds change_score/ to a copy of the checkpoint)")
     p.add_argument("--config", metavar="FILE", required=True, help="stage settings (JSON)")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[],
                    help="override a setting (JSON value; dotted keys: data.1.repeat=5); repeatable")
@@ -43,8 +46,8 @@ def register(subparsers) -> None:
     p.add_argument("--option", dest="options", metavar="KEY=VALUE", action="append", default=[],
                    help="dataset reader option as in a data spec's options (JSON value), e.g. "
                         "protocol=full; repeatable")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=64,
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64,
                    help="as `unirs eval`, so that training and evaluation clues match")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
     p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bf16 on CUDA, fp32 on CPU)")
@@ -67,6 +70,8 @@ def run_train(args) -> int:
         from .align import train_align as train
     elif args.stage == "cem":
         from .cem_pretrain import train_cem as train
+    elif args.stage == "change-score":
+        from .change_score import train_change_score as train
     else:
         from .instruct import train_instruct as train
     try:

@@ -182,6 +182,39 @@ class CemConfig(StageConfig):
         return problems
 
 
+@dataclass
+class ChangeScoreConfig(StageConfig):
+    """The review's change-score head on the frozen tower's features of mosaic-like labelled pairs;
+    full-batch training (an epoch is one optimizer step), then its threshold on the val pairs."""
+
+    model: str = ""              # checkpoint whose tower (frozen) feeds the head; copied with the head added
+    data: DatasetSpec | None = None  # LEVIR-CC format pairs with changeflag (split: the training pairs)
+    val_split: str = "val"       # the threshold is calibrated on this split's pairs
+    copies: int = 2              # mosaic-like copies of every training pair (review/augment.py)
+    val_copies: int = 3          # ... of every val pair, for the threshold (review/calibrate.py HEAD_COPIES)
+    hidden: int = 64
+    dropout: float = 0.2
+    epochs: int = 300
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    batch_size: int = 32         # pairs per vision pass while extracting features
+
+    def check(self) -> list[str]:
+        problems = super().check()
+        if not self.model:
+            problems.append("model: required (the checkpoint to add the head to)")
+        if self.data is None:
+            problems.append("data: required (a LEVIR-CC format dataset with changeflag)")
+        else:
+            problems += _check_data([self.data])
+        for key in ("copies", "val_copies", "hidden"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout: must be in [0, 1), got {self.dropout}")
+        return problems
+
+
 def _check_frames_and_warmup(num_frames: int, warmup_ratio: float) -> list[str]:
     problems = [] if num_frames >= 1 else [f"num_frames: must be >= 1, got {num_frames}"]
     if not 0 <= warmup_ratio < 1:
@@ -198,7 +231,7 @@ def _check_data(data: list[DatasetSpec]) -> list[str]:
 
 
 STAGES: dict[str, type[StageConfig]] = {"vision": VisionConfig, "align": AlignConfig, "cem": CemConfig,
-                                        "instruct": InstructConfig}
+                                        "instruct": InstructConfig, "change-score": ChangeScoreConfig}
 
 
 def load_config(stage: str, path: str | Path | None = None, overrides: list[str] = ()) -> StageConfig:

@@ -16,6 +16,6 @@ if "--check" in sys.argv[1:]:
 
     sys.exit(check_main(args.model, args.device, args.json))
 
-from .server import main  # noqa: E402 (the check must not take over stdout as the server does)
+from .server import exit_process, main  # noqa: E402 (the check must not take over stdout as a server)
 
-sys.exit(main())
+exit_process(main())

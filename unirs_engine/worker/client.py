@@ -6,7 +6,11 @@ Several threads may have requests in flight on its one worker: the reader thread
 by id to its request's inbox, so a question asked during a review is answered between the review's
 batches (server.py). InProcessClient runs the same op handlers on an Engine in this process, one
 request at a time. Both return Result.to_dict() as plain JSON types and raise the same errors, and a
-request waiting its turn honours its is_cancelled within POLL_S.
+request waiting its turn honours its is_cancelled within POLL_S and its timeout on time.
+Both make the path params (PATH_PARAMS) absolute against the caller's working folder before the
+request leaves: the worker runs in its cache folder, where a relative path would name another file.
+The worker's stderr goes to its log (worker.log by default), rotated at each start: the last
+LOG_RUNS runs are kept (worker.log, worker.log.1, ...).
 Importing this module imports no torch (QGIS imports it).
 """
 
@@ -35,7 +39,11 @@ from . import protocol
 
 log = logging.getLogger("unirs.client")
 
-POLL_S = 0.1  # how often a waiting call looks at is_cancelled() (and its timeout)
+POLL_S = 0.1  # how often a waiting call looks at is_cancelled() (a timeout is watched to the moment)
+LOG_RUNS = 4  # worker logs kept: this run's and the three before (a crash's log survives the restart)
+# The params of each op that name files (a path, or a list of paths): made absolute by the client.
+PATH_PARAMS = {"ask": ("image",), "change": ("before", "after"), "classify": ("frames",),
+               "review": ("before", "after", "out")}
 
 OnProgress = Callable[[float, str], None]
 IsCancelled = Callable[[], bool]
@@ -57,6 +65,10 @@ class RequestCancelled(EngineClientError):
     """is_cancelled() turned True; nothing was answered."""
 
 
+class RequestTimedOut(EngineClientError):
+    """The request's timeout passed; the worker was told to cancel it and nothing was answered."""
+
+
 class EngineUnavailable(EngineClientError):
     """No Python can run the engine here (not set up, or missing modules); str() says how to fix it."""
 
@@ -71,7 +83,9 @@ class EngineClient(ABC):
     @abstractmethod
     def run(self, op: str, params: dict, *, on_progress: OnProgress | None = None,
             is_cancelled: IsCancelled | None = None, timeout: float | None = None) -> dict:
-        """Run op with JSON params; `timeout`: seconds before the request is cancelled as timed out."""
+        """Run op with JSON params (relative paths are the caller's: made absolute here); `timeout`:
+        seconds, from this call, after which the request is cancelled and raises "did not answer"
+        (an answer that comes later is dropped), whatever heartbeats the worker sends meanwhile."""
 
     @abstractmethod
     def close(self) -> None:
@@ -123,22 +137,59 @@ def _region(bounds, bounds_crs, bands) -> dict:
             "bands": [int(b) for b in bands] if bands is not None else None}
 
 
+def absolute_paths(op: str, params: dict) -> dict:
+    """params with op's path params (PATH_PARAMS) made absolute against this process's working folder;
+    GDAL virtual paths (/vsi...), URLs, GDAL connection strings and empty values stay as they are, and
+    so does a value of another type (the worker names it)."""
+    names = [name for name in PATH_PARAMS.get(op, ()) if name in params]
+    if not names:
+        return params
+    params = dict(params)
+    for name in names:
+        value = params[name]
+        if isinstance(value, (list, tuple)):
+            params[name] = [_absolute(v) for v in value]
+        else:
+            params[name] = _absolute(value)
+    return params
+
+
+def _absolute(value):
+    if not isinstance(value, (str, os.PathLike)):
+        return value
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path or protocol.is_virtual_location(path):
+        return path
+    return os.path.abspath(path)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
+
+
 def _stop_reason(is_cancelled: IsCancelled | None, deadline: float | None) -> str | None:
-    """"cancelled", "timed out" (time.monotonic() past deadline) or None: why a request should stop."""
+    """"cancelled", "timed out" (time.monotonic() at or past deadline) or None: why a request should stop."""
     if is_cancelled and is_cancelled():
         return "cancelled"
-    return "timed out" if deadline is not None and time.monotonic() > deadline else None
+    return "timed out" if deadline is not None and time.monotonic() >= deadline else None
+
+
+def _wait_s(deadline: float | None) -> float:
+    """How long a waiting call may block before looking again: POLL_S, or less up to the deadline."""
+    return POLL_S if deadline is None else max(0.0, min(POLL_S, deadline - time.monotonic()))
 
 
 def _stop_error(reason: str, op: str, timeout: float | None) -> EngineClientError:
     if reason == "cancelled":
         return RequestCancelled(f"'{op}' was cancelled")
-    return EngineClientError(f"the UniRS engine did not answer '{op}' within {timeout:g} s")
+    return RequestTimedOut(f"the UniRS engine did not answer '{op}' within {timeout:g} s")
 
 
-def _acquire(lock: threading.Lock, stop_reason: Callable[[], str | None], op: str, timeout: float | None) -> None:
-    """Take `lock`, held by another request, looking at stop_reason() every POLL_S while waiting."""
-    while not lock.acquire(timeout=POLL_S):
+def _acquire(lock: threading.Lock, stop_reason: Callable[[], str | None], op: str, timeout: float | None,
+             deadline: float | None = None) -> None:
+    """Take `lock`, held by another request, looking at stop_reason() every POLL_S (and at the
+    deadline) while waiting."""
+    while not lock.acquire(timeout=_wait_s(deadline)):
         if reason := stop_reason():
             raise _stop_error(reason, op, timeout)
 
@@ -155,7 +206,10 @@ class _WorkerProcess:
     def __init__(self, command: list[str], log_path: Path):
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
+        _rotate_log(log_path, LOG_RUNS)
         self._log = open(log_path, "wb")
+        self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
+        self._log.flush()
         try:
             self.proc = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
@@ -290,6 +344,17 @@ class _WorkerProcess:
         return joined if len(joined) <= limit else "..." + joined[-limit:]
 
 
+def _rotate_log(path: Path, keep: int) -> None:
+    """path -> path.1 -> ... -> path.<keep-1>; the oldest run's log falls off."""
+    try:
+        for i in range(keep - 1, 0, -1):
+            older = path if i == 1 else path.with_name(f"{path.name}.{i - 1}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{i}"))
+    except OSError as exc:  # e.g. Windows, another worker still writing it: this run overwrites it
+        log.warning("could not keep the previous worker log %s: %s", path, exc)
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "code unknown"
@@ -338,13 +403,16 @@ class SubprocessClient(EngineClient):
             is_cancelled: IsCancelled | None = None, timeout: float | None = None) -> dict:
         if is_cancelled and is_cancelled():
             raise RequestCancelled(f"'{op}' was cancelled")
-        worker = self._greeted_worker(op, on_progress, is_cancelled)
-        return self._exchange(worker, op, params, on_progress, is_cancelled, timeout)
+        params = absolute_paths(op, params)
+        deadline = _deadline(timeout)  # the start of a worker counts: the caller waits for it too
+        worker = self._greeted_worker(op, on_progress, is_cancelled, deadline, timeout)
+        return self._exchange(worker, op, params, on_progress, is_cancelled, deadline, timeout)
 
-    def _greeted_worker(self, op: str, on_progress: OnProgress | None,
-                        is_cancelled: IsCancelled | None) -> _WorkerProcess:
-        """The worker, started and greeted first if need be (other callers wait, minding their cancel)."""
-        _acquire(self._start_lock, lambda: _stop_reason(is_cancelled, None), op, None)
+    def _greeted_worker(self, op: str, on_progress: OnProgress | None, is_cancelled: IsCancelled | None,
+                        deadline: float | None, timeout: float | None) -> _WorkerProcess:
+        """The worker, started and greeted first if need be (other callers wait, minding their cancel
+        and deadline; a greeting cut short by them is repeated by the next call)."""
+        _acquire(self._start_lock, lambda: _stop_reason(is_cancelled, deadline), op, timeout, deadline)
         try:
             worker = self._worker
             if worker is not None and not worker.alive():  # died between requests
@@ -358,7 +426,11 @@ class SubprocessClient(EngineClient):
                     on_progress(0.0, "starting the UniRS worker (loading the model)")
                 worker = self._worker = _WorkerProcess(command, self.log_path)
             if not worker.greeted:
-                self._exchange(worker, "hello", {"protocol": protocol.PROTOCOL_VERSION}, None, is_cancelled, None)
+                try:
+                    self._exchange(worker, "hello", {"protocol": protocol.PROTOCOL_VERSION}, None, is_cancelled,
+                                   deadline, timeout)
+                except RequestTimedOut:  # the deadline passed while the model loaded: op's timeout
+                    raise _stop_error("timed out", op, timeout) from None
                 worker.greeted = True
             return worker
         finally:
@@ -382,25 +454,29 @@ class SubprocessClient(EngineClient):
             worker.stop()
 
     def _exchange(self, worker: _WorkerProcess, op: str, params: dict, on_progress: OnProgress | None,
-                  is_cancelled: IsCancelled | None, timeout: float | None) -> dict:
+                  is_cancelled: IsCancelled | None, deadline: float | None, timeout: float | None) -> dict:
         """Send one request and wait for its final response (other threads' requests may be in
         flight on the same worker meanwhile)."""
+        if reason := _stop_reason(is_cancelled, deadline):  # e.g. the deadline passed while the model loaded
+            raise _stop_error(reason, op, timeout)
         rid = f"{op}-{next(self._ids)}"
         inbox = worker.open_inbox(rid)
         try:
             self._send(worker, protocol.request(rid, op, params), op)
-            return self._await(worker, rid, inbox, op, on_progress, is_cancelled, timeout)
+            return self._await(worker, rid, inbox, op, on_progress, is_cancelled, deadline, timeout)
         finally:
             worker.close_inbox(rid)
 
     def _await(self, worker: _WorkerProcess, rid: str, inbox: queue.Queue, op: str,
-               on_progress: OnProgress | None, is_cancelled: IsCancelled | None, timeout: float | None) -> dict:
-        """Request rid's final response from its inbox, minding cancel, timeouts and death."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+               on_progress: OnProgress | None, is_cancelled: IsCancelled | None, deadline: float | None,
+               timeout: float | None) -> dict:
+        """Request rid's final response from its inbox, minding cancel, the deadline (to the moment,
+        heartbeats or not: at the deadline the worker is told to cancel, and an answer arriving after
+        it is dropped) and death."""
         stop_reason, give_up_at = None, 0.0  # "cancelled" | "timed out"; when to stop waiting for it
         while True:
             try:
-                msg = inbox.get(timeout=POLL_S)
+                msg = inbox.get(timeout=_wait_s(None if stop_reason else deadline))
             except queue.Empty:
                 msg = None
             if msg is _EOF:
@@ -410,7 +486,7 @@ class SubprocessClient(EngineClient):
                     if on_progress and stop_reason is None:
                         on_progress(msg["fraction"], msg["message"])
                 elif msg["type"] in protocol.FINAL_TYPES:
-                    return self._final(msg, op, stop_reason, timeout)
+                    return self._final(msg, op, stop_reason or _stop_reason(is_cancelled, deadline), timeout)
             now = time.monotonic()
             if stop_reason is None:
                 stop_reason = _stop_reason(is_cancelled, deadline)
@@ -436,7 +512,7 @@ class SubprocessClient(EngineClient):
             return msg["result"]
         if msg["type"] == "error":
             err = msg["error"]
-            raise EngineClientError(protocol.error_text(err["type"], err["message"]), err["type"])
+            raise EngineClientError(protocol.error_text(err["message"]), err["type"])
         raise RequestCancelled(f"the UniRS worker cancelled '{op}'")
 
     def _send(self, worker: _WorkerProcess, msg: dict, op: str) -> None:
@@ -494,13 +570,14 @@ class InProcessClient(EngineClient):
             is_cancelled: IsCancelled | None = None, timeout: float | None = None) -> dict:
         from . import server  # the op handlers the worker runs
 
-        params = json.loads(json.dumps(params))  # exactly what a worker would receive (or a TypeError)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        # exactly what a worker would receive (or a TypeError)
+        params = json.loads(json.dumps(absolute_paths(op, params)))
+        deadline = _deadline(timeout)
 
         def stop_reason() -> str | None:
             return _stop_reason(is_cancelled, deadline)
 
-        _acquire(self._lock, stop_reason, op, timeout)
+        _acquire(self._lock, stop_reason, op, timeout, deadline)
         try:
             if reason := stop_reason():
                 raise _stop_error(reason, op, timeout)
@@ -513,7 +590,7 @@ class InProcessClient(EngineClient):
             except Exception as exc:
                 if reason := stop_reason():  # e.g. the engine's Cancelled
                     raise _stop_error(reason, op, timeout) from exc
-                raise EngineClientError(protocol.error_text(type(exc).__name__, str(exc)), type(exc).__name__) from exc
+                raise EngineClientError(protocol.describe_error(exc), type(exc).__name__) from exc
             if reason := stop_reason():
                 raise _stop_error(reason, op, timeout)
         finally:

@@ -9,7 +9,8 @@ Responses (worker -> client): {"id": str | None, "type": ..., ...}
   progress   {"fraction": float, "message": str}
   heartbeat  {}                                 every few seconds per request in progress (id None while loading)
   result     {"result": {...}}                  Result.to_dict() for ask/change/classify
-  error      {"error": {"type": str, "message": str}}   id None: the line or the start itself failed
+  error      {"error": {"type": str, "message": str}}   id None: the line or the start itself failed;
+             message: one line, ready for the user (describe_error); type: the exception's class name
   cancelled  {}
 Each request gets exactly one final response: result, error or cancelled. Responses to different
 requests may interleave (a "review" lets waiting requests run between its batches): match them by id.
@@ -19,6 +20,7 @@ Inputs travel as file paths, never as pixels.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -39,6 +41,26 @@ _RESPONSE_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 
 class ProtocolError(ValueError):
     """A line that is not a valid protocol message; the message says what is wrong."""
+
+
+class RequestError(ValueError):
+    """A request the worker cannot run as given (unknown op, a param missing, of the wrong type or a
+    relative path); the message says which op and param, and what it must be."""
+
+
+# Errors whose message is the whole story for the user (it names the input and the problem): the
+# engine's and the review's refusals, ours. Known by name: this module imports neither (no torch).
+EXPECTED_ERRORS = ("EngineError", "ReviewError", "CheckpointError", "DataError", "RequestError",
+                   "ProtocolError")
+MESSAGE_LIMIT = 2000  # characters of an error message (a message quoting a huge param stays readable)
+# Where a "path" param may point besides an absolute path: GDAL's virtual file systems, URLs and
+# GDAL connection strings such as NETCDF:"file.nc":var (a driver name, then a colon).
+_VIRTUAL_LOCATION = re.compile(r"^(/vsi[a-z0-9_]+/|[A-Za-z][A-Za-z0-9+.-]*://|[A-Z][A-Z0-9_]+:)")
+
+
+def is_virtual_location(path: str) -> bool:
+    """True for a GDAL virtual path, a URL or a GDAL connection string: not made absolute, not checked."""
+    return bool(_VIRTUAL_LOCATION.match(path))
 
 
 def encode(msg: dict[str, Any]) -> str:
@@ -104,10 +126,27 @@ def _validate_response(msg: dict[str, Any]) -> None:
         raise ProtocolError(f"'error' response ({msg['id']}) needs error.type and error.message strings")
 
 
-def error_text(exc_type: str, message: str) -> str:
-    """How a failure reads to the user, on one line: the engine's own message, else 'Type: message'."""
+def is_expected(exc: BaseException) -> bool:
+    """True for an error of the input or the request (EXPECTED_ERRORS and their subclasses), not a bug."""
+    return any(cls.__name__ in EXPECTED_ERRORS for cls in type(exc).__mro__)
+
+
+def describe_error(exc: BaseException) -> str:
+    """How a failure reads to the user, on one line: an expected error's own message; an OSError's
+    "file: reason"; anything else (a bug) "Type: message", the type helping the bug report."""
+    if is_expected(exc):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return error_text(text)
+
+
+def error_text(message: str) -> str:
+    """`message` on one line (whitespace runs become one space), clipped to MESSAGE_LIMIT."""
     message = " ".join(message.split())
-    return message if exc_type == "EngineError" else f"{exc_type}: {message}"
+    return message if len(message) <= MESSAGE_LIMIT else message[:MESSAGE_LIMIT - 3] + "..."
 
 
 def _clip(value: Any, limit: int = 120) -> str:
@@ -138,6 +177,7 @@ def result(rid: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def error(rid: str | None, exc_type: str, message: str) -> dict[str, Any]:
+    """error.type: the exception's class name (diagnostics); error.message: what the user reads."""
     return {"id": rid, "type": "error", "error": {"type": exc_type, "message": message}}
 
 

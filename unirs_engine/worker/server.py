@@ -12,6 +12,13 @@ it reports progress, i.e. between its batches, when the engine is free: a questi
 review is answered after at most the review's current batch. Another long op waits its turn. Heartbeats
 go out for every request in progress (the long op and the one it serves). stdin EOF or "shutdown" ends
 the worker with code 0; a model that fails to load gives an "error" line with id null and code 2.
+Either way the reader and heartbeat threads are stopped and joined first, and the process then ends
+with os._exit (exit_process): a thread still inside Python while the interpreter finalises (a garbage
+collection freeing torch tensors) is torn down through torch's C++ frames, and std::terminate aborts
+the process (SIGABRT, "terminate called without an active exception") instead of exiting 0.
+
+Params are checked before anything runs (ParamReader): a missing, mistyped, relative-path or unknown
+param is a RequestError whose one-line message names the op, the param and what it must be.
 
 Ops are looked up in a registry: `register_op(name, handler)` with
 `handler(engine, params, progress, is_cancelled) -> dict`. The in-process client runs the same
@@ -52,33 +59,114 @@ def register_op(name: str, handler: Handler) -> None:
 
 
 def run_op(engine, op: str, params: dict, progress: Progress, is_cancelled: Callable[[], bool]) -> dict:
-    """Run one registered op; KeyError-free: an unknown op is a ValueError naming the known ones."""
+    """Run one registered op; an unknown op is a RequestError naming the known ones."""
     handler = OPS.get(op)
     if handler is None:
-        raise ValueError(f"unknown op '{op}' (known: {', '.join(sorted(OPS))})")
+        raise protocol.RequestError(f"unknown op '{op}' (known: {', '.join(sorted(OPS))})")
     progress(0.0, f"{op}: started")
     return handler(engine, params, progress, is_cancelled)
 
 
 # ---- built-in ops ---------------------------------------------------------------------------------
 
-def _need(params: dict, name: str, op: str):
-    if params.get(name) in (None, "", []):
-        raise ValueError(f"op '{op}' needs params.{name}")
-    return params[name]
+class ParamReader:
+    """Typed access to one request's params: each getter returns the value or raises a RequestError
+    saying "<op>: '<name>' must be <what>, got <value>"; done() refuses params no getter asked for
+    (a misspelt 'boundz' must not silently answer about the whole image)."""
+
+    def __init__(self, op: str, params: dict):
+        self.op, self.params, self._read = op, params, set()
+
+    def _get(self, name: str, required: bool):
+        self._read.add(name)
+        value = self.params.get(name)
+        if value in (None, "", []):
+            if required:
+                raise protocol.RequestError(f"op '{self.op}' needs params.{name}")
+            return None
+        return value
+
+    def _bad(self, name: str, what: str, value) -> protocol.RequestError:
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        return protocol.RequestError(f"{self.op}: '{name}' must be {what}, got {shown}")
+
+    def text(self, name: str, required: bool = False) -> str | None:
+        value = self._get(name, required)
+        if value is not None and not isinstance(value, str):
+            raise self._bad(name, "a string", value)
+        return value
+
+    def path(self, name: str, required: bool = True) -> str | None:
+        """A file path: absolute (the worker's folder is not the caller's: clients make paths absolute),
+        or a GDAL virtual path (/vsi...), a URL or a GDAL connection string ("NETCDF:...")."""
+        value = self.text(name, required)
+        if value is not None and not _is_location(value):
+            raise self._bad(name, "an absolute path (the worker does not know the caller's folder)", value)
+        return value
+
+    def paths(self, name: str) -> str | list[str]:
+        """One path (a video) or a list of paths (dated rasters)."""
+        value = self._get(name, True)
+        if isinstance(value, str):
+            return self.path(name)
+        if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise self._bad(name, "a path or a list of paths", value)
+        bad = next((v for v in value if not _is_location(v)), None)
+        if bad is not None:
+            raise self._bad(name, "absolute paths (the worker does not know the caller's folder)", bad)
+        return value
+
+    def texts(self, name: str) -> list[str] | None:
+        value = self._get(name, False)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise self._bad(name, "a list of strings", value)
+        return value
+
+    def flag(self, name: str) -> bool:
+        value = self._get(name, False)
+        if value is not None and not isinstance(value, bool):
+            raise self._bad(name, "true or false", value)
+        return bool(value)
+
+    def count(self, name: str) -> int | None:
+        """A whole number >= 1 (or absent)."""
+        value = self._get(name, False)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise self._bad(name, "a whole number >= 1", value)
+        return value
+
+    def region(self) -> dict:
+        """bounds (4 numbers: xmin ymin xmax ymax), bounds_crs (a string), bands (1-based band numbers)."""
+        bounds = self._get("bounds", False)
+        if bounds is not None and not (isinstance(bounds, list) and len(bounds) == 4
+                                       and all(_is_number(v) for v in bounds)):
+            raise self._bad("bounds", "4 numbers (xmin, ymin, xmax, ymax)", bounds)
+        bands = self._get("bands", False)
+        if bands is not None and not (isinstance(bands, list) and all(
+                isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in bands)):
+            raise self._bad("bands", "a list of band numbers (1, 2, ...)", bands)
+        return {"bounds": tuple(float(v) for v in bounds) if bounds is not None else None,
+                "bounds_crs": self.text("bounds_crs"), "bands": bands}
+
+    def done(self) -> None:
+        unknown = sorted(set(self.params) - self._read)
+        if unknown:
+            raise protocol.RequestError(f"{self.op}: unknown param(s) {', '.join(map(repr, unknown))}")
 
 
-def _region(params: dict) -> dict:
-    bounds = params.get("bounds")
-    return {"bounds": tuple(float(v) for v in bounds) if bounds is not None else None,
-            "bounds_crs": params.get("bounds_crs"), "bands": params.get("bands")}
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_location(value: str) -> bool:
+    return os.path.isabs(value) or protocol.is_virtual_location(value)
 
 
 def _hello(engine, params, progress, is_cancelled) -> dict:
     theirs = params.get("protocol")
     if theirs != protocol.PROTOCOL_VERSION:
-        raise ValueError(f"client speaks protocol {theirs}, this worker speaks {protocol.PROTOCOL_VERSION}: "
-                         "update the plugin and the engine together")
+        raise protocol.RequestError(f"client speaks protocol {theirs}, this worker speaks "
+                                    f"{protocol.PROTOCOL_VERSION}: update the plugin and the engine together")
     return {"protocol": protocol.PROTOCOL_VERSION, "pid": os.getpid()}
 
 
@@ -89,28 +177,35 @@ def _info(engine, params, progress, is_cancelled) -> dict:
 
 
 def _ask(engine, params, progress, is_cancelled) -> dict:
-    return engine.ask(_need(params, "image", "ask"), _need(params, "question", "ask"), **_region(params),
-                      clue=bool(params.get("clue")), max_new_tokens=params.get("max_new_tokens"),
-                      is_cancelled=is_cancelled).to_dict()
+    p = ParamReader("ask", params)
+    args = dict(image=p.path("image"), question=p.text("question", required=True), **p.region(),
+                clue=p.flag("clue"), max_new_tokens=p.count("max_new_tokens"))
+    p.done()
+    return engine.ask(**args, is_cancelled=is_cancelled).to_dict()
 
 
 def _change(engine, params, progress, is_cancelled) -> dict:
-    return engine.describe_change(_need(params, "before", "change"), _need(params, "after", "change"),
-                                  params.get("instruction"), **_region(params), clue=bool(params.get("clue")),
-                                  max_new_tokens=params.get("max_new_tokens"),
-                                  is_cancelled=is_cancelled).to_dict()
+    p = ParamReader("change", params)
+    args = dict(before=p.path("before"), after=p.path("after"), instruction=p.text("instruction"), **p.region(),
+                clue=p.flag("clue"), max_new_tokens=p.count("max_new_tokens"))
+    p.done()
+    return engine.describe_change(**args, is_cancelled=is_cancelled).to_dict()
 
 
 def _classify(engine, params, progress, is_cancelled) -> dict:
-    return engine.classify_sequence(_need(params, "frames", "classify"), params.get("classes"),
-                                    clue=bool(params.get("clue")),
-                                    max_new_tokens=params.get("max_new_tokens"),
-                                    is_cancelled=is_cancelled).to_dict()
+    p = ParamReader("classify", params)
+    args = dict(frames=p.paths("frames"), classes=p.texts("classes"), clue=p.flag("clue"),
+                max_new_tokens=p.count("max_new_tokens"))
+    p.done()
+    return engine.classify_sequence(**args, is_cancelled=is_cancelled).to_dict()
 
 
 def _review(engine, params, progress, is_cancelled) -> dict:
     from ..review import ReviewJob, run_review
 
+    p = ParamReader("review", params)
+    for name in ("before", "after", "out"):  # the other keys are ReviewJob's to check
+        p.path(name)
     job = ReviewJob.from_dict({k: v for k, v in params.items() if k != "model"})  # the worker's model reviews
     last = [0.0, "review: started"]   # repeated at each pause: reporting is where waiting requests run
 
@@ -142,6 +237,7 @@ class Worker:
         self._running: dict[str, threading.Event] = {}
         self._stop = threading.Event()
         self._heartbeat_s = heartbeat_s
+        self._threads: list[threading.Thread] = []
 
     def send(self, msg: dict) -> None:
         line = protocol.encode(msg).encode("utf-8")
@@ -150,8 +246,11 @@ class Worker:
             self._out.flush()
 
     def start_threads(self, stdin: BinaryIO) -> None:
-        threading.Thread(target=self._read, args=(stdin,), name="unirs-reader", daemon=True).start()
-        threading.Thread(target=self._beat, name="unirs-heartbeat", daemon=True).start()
+        # Daemons only so that a failed start cannot hang on them; stop() joins them.
+        self._threads = [threading.Thread(target=self._read, args=(stdin,), name="unirs-reader", daemon=True),
+                         threading.Thread(target=self._beat, name="unirs-heartbeat", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     # reader thread
     def _read(self, stdin: BinaryIO) -> None:
@@ -202,7 +301,7 @@ class Worker:
             try:
                 for rid in ids:
                     self.send(protocol.heartbeat(rid))
-            except OSError:  # the client is gone
+            except (OSError, ValueError):  # the client is gone (or stop() closed our stdout)
                 return
 
     # main thread
@@ -259,8 +358,12 @@ class Worker:
             if cancel.is_set():  # e.g. the engine's Cancelled
                 reply = protocol.cancelled(rid)
             else:
-                log.error("op '%s' (%s) failed:\n%s", op, rid, traceback.format_exc())
-                reply = protocol.error(rid, type(exc).__name__, str(exc))
+                message = protocol.describe_error(exc)
+                if protocol.is_expected(exc):
+                    log.warning("op '%s' (%s) refused: %s", op, rid, message)  # the input's fault: no traceback
+                else:
+                    log.error("op '%s' (%s) failed:\n%s", op, rid, traceback.format_exc())
+                reply = protocol.error(rid, type(exc).__name__, message)
         with self._state:
             del self._running[rid]
         try:
@@ -268,8 +371,16 @@ class Worker:
         except (TypeError, ValueError) as exc:  # the payload is not JSON-serialisable
             self.send(protocol.error(rid, type(exc).__name__, f"op '{op}' returned an unserialisable answer: {exc}"))
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop the heartbeat thread and join both threads, `grace` seconds at most each. The reader
+        ends at stdin's EOF (a client's close() sends it right after "shutdown"); one still blocked
+        in read() (stdin kept open), or a heartbeat blocked writing to a client that reads nothing,
+        is left to exit_process, which ends the process without finalising the interpreter."""
         self._stop.set()
+        for thread in self._threads:
+            thread.join(grace)
+            if thread.is_alive():
+                log.info("%s still blocked at exit", thread.name)
 
 
 def _take_stdout() -> BinaryIO:
@@ -293,11 +404,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _fail(worker: Worker, exc: Exception, message: str) -> int:
     """Report a failed start on the protocol (id null) and in the log; exit code 2."""
     log.error("%s\n%s", message, traceback.format_exc())
-    worker.send(protocol.error(None, type(exc).__name__, message))
+    worker.send(protocol.error(None, type(exc).__name__, protocol.error_text(message)))
     return 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve until stdin's EOF or "shutdown" (0), or fail to start (2); the threads are stopped and
+    joined before it returns. Run as a program, end with exit_process(main())."""
     out = _take_stdout()
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s unirs-worker %(message)s")
@@ -308,6 +421,15 @@ def main(argv: list[str] | None = None) -> int:
     # A private reader of fd 0: at exit Python flushes sys.stdin, and would abort (SIGABRT) if the
     # reader thread were blocked inside that very object.
     worker.start_threads(os.fdopen(os.dup(0), "rb"))
+    try:
+        return _load_and_serve(worker, args)
+    except BrokenPipeError:  # the client went away mid-answer
+        return 0
+    finally:
+        worker.stop()
+
+
+def _load_and_serve(worker: Worker, args: argparse.Namespace) -> int:
     try:
         from ..engine import Engine  # after taking stdout: torch/transformers may print on import
     except ImportError as exc:
@@ -321,9 +443,17 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         return _fail(worker, exc, f"could not load the model: {exc}")
     log.info("serving %s on %s (pid %d)", engine.model.model_id, engine.model.device, os.getpid())
-    try:
-        return worker.serve(engine)
-    except BrokenPipeError:  # the client went away mid-answer
-        return 0
-    finally:
-        worker.stop()
+    return worker.serve(engine)
+
+
+def exit_process(code: int) -> None:
+    """End the worker process with `code` once its output is flushed, without finalising the
+    interpreter: nothing is left to clean up (answers sent, threads joined, review GeoPackages
+    committed), and finalisation is where torch's C++ objects abort the process (module docstring)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)

@@ -17,7 +17,7 @@ from unirs_qgis.about import help_url
 from unirs_qgis.answer_style import AnswerLayerStyler, style_answers_file
 from unirs_qgis.dates import dated, dated_pair, iso
 from unirs_qgis.engine_link import get_client, is_running, remember_info
-from unirs_qgis.layer_source import LayerReadError, raster_path_for_engine
+from unirs_qgis.layer_source import LayerReadError, raster_path_for_engine, why_unreadable
 
 CANCELLED = "Cancelled: no output was written"
 PREPARED = 10.0  # % of progress when inputs are ready and the engine starts (0% is never reported)
@@ -99,6 +99,27 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
         raise NotImplementedError
 
     # -- helpers for subclasses -------------------------------------------------------------------
+
+    def checkParameterValues(self, parameters: dict, context) -> tuple[bool, str]:  # noqa: N802
+        """QGIS says "<path> not found" for every raster it cannot load; say what is wrong with it."""
+        ok, message = super().checkParameterValues(parameters, context)
+        if ok:
+            return ok, message
+        for definition in self.parameterDefinitions():
+            if definition.type() not in ("raster", "multilayer"):
+                continue
+            values = parameters.get(definition.name())
+            for value in values if isinstance(values, list) else [values]:
+                if isinstance(value, str) and value and self._unloadable(value, context):
+                    return False, f"{definition.description()}: {why_unreadable(value)}"
+        return ok, message
+
+    @staticmethod
+    def _unloadable(value: str, context) -> bool:
+        """A path (not a layer of the project) that QGIS cannot load as a raster."""
+        if context.getMapLayer(value) is not None:
+            return False
+        return not QgsRasterLayer(value, "check", "gdal").isValid()
 
     def raster_layer(self, parameters: dict, name: str, context) -> QgsRasterLayer:
         layer = self.parameterAsRasterLayer(parameters, name, context)

@@ -84,7 +84,9 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
 
     def summary(self) -> str:
         return ("Cuts the overlap of two dated mosaics into tiles on a common grid and gives every tile a "
-                "change score: 1 − the similarity of the model's before and after features (0 = the same). "
+                "change score: with the demo model and other checkpoints that carry a change-score head, "
+                "the probability that the tile changed (0 to 1); else 1 − the similarity of the model's before "
+                "and after features (0 = the same). "
                 "A tile is <b>changed</b> when its score is at or above the threshold; that one rule decides "
                 "the caption, the colour, the Review tab's list and the counts. The caption's own statement "
                 "is kept in the field caption_says_change, and tiles where it disagrees with the score are "

@@ -26,7 +26,8 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout,
 
 from unirs_engine.review.calibrate import calibrate_from_review, keep_user_threshold
 from unirs_engine.review.job import ReviewError
-from unirs_engine.review.schema import CAPTION_CHANGED, CHANGED, DISAGREE_FILTER, FIELDS, LAYER
+from unirs_engine.review.schema import (CAPTION_CHANGED, CHANGED, COSINE_SCORE, DISAGREE_FILTER, FIELDS, LAYER,
+                                        SCORE_MEANINGS)
 
 from ..algorithms.review_changes import applied_threshold, is_temporary, review_counts
 from ..dates import order_by_date
@@ -376,8 +377,9 @@ class ReviewPanel(QWidget):
         counts = review_counts(review_path(self.layer))
         threshold = applied_threshold(counts) if counts else review_threshold(self.layer)
         source = f" ({counts['threshold_source']})" if counts.get("threshold_source") else ""
-        self.score_note.setText(f"Score: 1 − similarity of the before and after features (0 = the same). "
-                                f"Changed: score ≥ {threshold:.3g}{source}. ⚠: the caption says otherwise.")
+        meaning = SCORE_MEANINGS.get(counts.get("change_score"), SCORE_MEANINGS[COSINE_SCORE])
+        self.score_note.setText(f"Score: {meaning}. Changed: score ≥ {threshold:.3g}{source}. "
+                                "⚠: the caption says otherwise.")
 
     def current(self) -> Tile | None:
         row = self.tile_list.currentRow()
