@@ -73,6 +73,8 @@ def launch(script: Path, inside: str, default_out: Path) -> int:
 def save_window(window, status: dict) -> None:
     """Inside QGIS: the main window to UNIRS_SCREENSHOT_OUT (written whole, then moved), unless
     something failed (the committed screenshot stays); sets status["png"] and status["ok"]."""
+    import qgis_desktop   # (also when another screenshot script imports this function)
+
     out = Path(os.environ["UNIRS_SCREENSHOT_OUT"])
     if not status["errors"] and qgis_desktop.grab_window(window, out):
         status["png"] = str(out)

@@ -372,11 +372,7 @@ def save_checkpoint(model: UniRSModel | LoadedModel, path: str | Path, tokenizer
     (tmp / "mm_projector" / "config.json").write_text(json.dumps(PROJECTOR_CFG, indent=2))
     _save_tensors(model.mm_projector.state_dict(), tmp / "mm_projector" / "model.safetensors")
 
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    _move_into_place(tmp, path)
     return path
 
 
@@ -389,9 +385,15 @@ def save_change_head(head: ChangeScoreHead, checkpoint: str | Path, config: dict
     tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps({**head.architecture(), **config}, indent=2))
     _save_tensors(head.state_dict(), tmp / "model.safetensors")
-    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    _move_into_place(tmp, folder)
     return folder
+
+
+def _move_into_place(tmp: Path, path: Path) -> None:
+    """Replace `path` by the finished folder `tmp`; the old one is moved aside first, so no reader
+    ever sees half of either."""
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
