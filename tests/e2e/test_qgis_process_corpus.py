@@ -97,7 +97,8 @@ CASES = [
     Case("after image without data", lambda d: ["unirs:describe_change",
                                                 *(f"{k}={v}" for k, v in zip(("BEFORE", "AFTER"),
                                                                               pair_without_after_data(d))),
-                                                f"OUTPUT={d / 'o.gpkg'}"], r"only 0 % of the pixels of .*after_empty\.tif \(valid in both\) have data"),
+                                                f"OUTPUT={d / 'o.gpkg'}"],
+         r"only 0 % of the pixels of .*after_empty\.tif \(valid in both\) have data"),
     Case("sequence of one layer", lambda d: ["unirs:classify_sequence", f"LAYERS={scene(d)}",
                                              f"OUTPUT={d / 'o.gpkg'}"], r"\b1 frame"),
     Case("review into a folder that cannot exist", lambda d: [
