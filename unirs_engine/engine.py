@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -33,7 +32,7 @@ from .inputs.video import MIN_FRAMES, read_sequence
 from .model.change_score import FOLDER as CHANGE_SCORE_FOLDER, match_gain
 from .model.checkpoint import LoadedModel, load_checkpoint
 from .review.schema import COSINE_SCORE, HEAD_SCORE   # the change score in use (Engine.change_score)
-from .types import Chip, InputKind, Result
+from .types import Chip, InputKind, Result, valid_in_all
 
 TASK_NAMES = {InputKind.IMAGE: "ask", InputKind.PAIR: "change", InputKind.SEQUENCE: "classify"}
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
@@ -175,11 +174,7 @@ def _valid_fraction(req: Request, chips: list[Chip]) -> tuple[float, str]:
 
     if req.kind is InputKind.PAIR:
         before, after = chips
-        common = np.ones(before.image.shape[:2], bool)                       # (H, W)
-        for chip in chips:
-            if chip.valid is not None:
-                common &= chip.valid
-        return float(common.mean()), f"{name(before, 0)} and {name(after, 1)} (valid in both)"
+        return float(valid_in_all(chips).mean()), f"{name(before, 0)} and {name(after, 1)} (valid in both)"
     worst = min(range(len(chips)), key=lambda i: chips[i].valid_fraction)
     return chips[worst].valid_fraction, name(chips[worst], worst)
 

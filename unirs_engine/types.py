@@ -5,6 +5,7 @@ No torch here: the worker protocol and the QGIS client serialise these as JSON.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -56,6 +57,15 @@ class Chip:
     def valid_fraction(self) -> float:
         """Fraction of the chip's pixels that hold data (1.0 without a mask)."""
         return 1.0 if self.valid is None else float(self.valid.mean())
+
+
+def valid_in_all(chips: Sequence[Chip]) -> np.ndarray:
+    """(H, W) bool: the pixels that hold data in every chip (chips of one grid, e.g. a pair's dates)."""
+    common = np.ones(chips[0].image.shape[:2], bool)                        # (H, W)
+    for chip in chips:
+        if chip.valid is not None:
+            common &= chip.valid
+    return common
 
 
 @dataclass

@@ -7,14 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 
-from ..types import Chip
+from ..types import Chip, valid_in_all
 from .raster import (MAX_READ_PIXELS, PAD_RGB, Bounds, check_read_size, crs_label, fmt_bounds, open_raster,
                      overview_factor, read_chip, read_rgb, select_bands)
 
@@ -68,10 +67,7 @@ def blank_outside_common(before: Chip, after: Chip) -> tuple[Chip, Chip]:
     the common mask: otherwise a nodata hole in one date (pad grey against ground) reads as change."""
     if before.valid is None and after.valid is None:
         return before, after
-    common = np.ones(before.image.shape[:2], bool)                          # (H, W)
-    for chip in (before, after):
-        if chip.valid is not None:
-            common &= chip.valid
+    common = valid_in_all((before, after))                                   # (H, W)
     if common.all():                                                         # nothing to blank (no copy)
         return before, after
     chips = []

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..types import Chip
+from ..types import Chip, valid_in_all
 
 FOLDER = "change_score"          # in the checkpoint folder
 KIND = "unirs-change-score"      # config.json "type"
@@ -31,10 +31,7 @@ MIN_COMMON_PIXELS = 16           # fewer pixels with data in both dates: no gain
 def match_gain(before: Chip, after: Chip) -> Chip:
     """The after chip with each channel scaled so that its mean over the pixels with data in both
     dates equals the before chip's (clipped to 1..255): a date's colour balance is not change."""
-    common = np.ones(before.image.shape[:2], bool)                           # (H, W)
-    for chip in (before, after):
-        if chip.valid is not None:
-            common &= chip.valid
+    common = valid_in_all((before, after))                                   # (H, W)
     if common.sum() < MIN_COMMON_PIXELS:
         return after
     b, a = before.image.astype(np.float32), after.image.astype(np.float32)    # (H, W, 3)
