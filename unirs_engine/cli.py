@@ -13,23 +13,11 @@ import sys
 from pathlib import Path
 
 from .argtypes import EXIT_ERROR, Parser, positive_int
+from .errors import is_expected
 from .types import InputKind
 
 EXIT_SOME_FAILED = 1   # batch: some lines failed, the others were answered
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
-
-# Errors that mean "bad input or setup", printed as one line (with CommandError); module -> class
-# names. Looked up in sys.modules when an exception arrives: a module never imported raised none of
-# them, and the command line stays quick for commands that never load torch.
-EXPECTED_ERRORS = {
-    "unirs_engine.engine": ("EngineError",),
-    "unirs_engine.model.checkpoint": ("CheckpointError",),
-    "unirs_engine.review.job": ("ReviewError",),
-    "unirs_engine.data.errors": ("DataError",),
-    "unirs_engine.evaluate.runner": ("EvalError",),
-    "unirs_engine.train.config": ("ConfigError",),
-}
-
 
 class CommandError(RuntimeError):
     """An input the command line itself refuses (e.g. a batch file that is not UTF-8)."""
@@ -327,11 +315,8 @@ def one_line(exc: BaseException) -> str:
 
 def _expected(exc: BaseException) -> bool:
     """Bad input or setup (one line, exit 2), not a bug (traceback)."""
-    if isinstance(exc, CommandError) or isinstance(exc, OSError) and exc.filename is not None:
-        return True
-    classes = tuple(getattr(sys.modules[module], name) for module, names in EXPECTED_ERRORS.items()
-                    if module in sys.modules for name in names)
-    return isinstance(exc, classes)
+    return isinstance(exc, CommandError) or isinstance(exc, OSError) and exc.filename is not None \
+        or is_expected(exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,8 @@ import json
 import re
 from typing import Any
 
+from ..errors import is_expected
+
 PROTOCOL_VERSION = 1
 CONTROL_OPS = ("cancel", "shutdown")
 FINAL_TYPES = ("result", "error", "cancelled")
@@ -48,10 +50,6 @@ class RequestError(ValueError):
     relative path); the message says which op and param, and what it must be."""
 
 
-# Errors whose message is the whole story for the user (it names the input and the problem): the
-# engine's and the review's refusals, ours. Known by name: this module imports neither (no torch).
-EXPECTED_ERRORS = ("EngineError", "ReviewError", "CheckpointError", "DataError", "RequestError",
-                   "ProtocolError")
 MESSAGE_LIMIT = 2000  # characters of an error message (a message quoting a huge param stays readable)
 # Where a "path" param may point besides an absolute path: GDAL's virtual file systems, URLs and
 # GDAL connection strings such as NETCDF:"file.nc":var (a driver name, then a colon).
@@ -126,14 +124,10 @@ def _validate_response(msg: dict[str, Any]) -> None:
         raise ProtocolError(f"'error' response ({msg['id']}) needs error.type and error.message strings")
 
 
-def is_expected(exc: BaseException) -> bool:
-    """True for an error of the input or the request (EXPECTED_ERRORS and their subclasses), not a bug."""
-    return any(cls.__name__ in EXPECTED_ERRORS for cls in type(exc).__mro__)
-
-
 def describe_error(exc: BaseException) -> str:
     """How a failure reads to the user, on one line: an expected error's own message; an OSError's
-    "file: reason"; anything else (a bug) "Type: message", the type helping the bug report."""
+    "file: reason"; anything else (a bug) "Type: message", the type helping the bug report.
+    Expected errors: errors.py (our requests' own, RequestError and ProtocolError, among them)."""
     if is_expected(exc):
         text = str(exc)
     elif isinstance(exc, OSError) and exc.strerror:

@@ -39,6 +39,7 @@ import traceback
 from collections import deque
 from typing import Any, BinaryIO, Callable
 
+from ..errors import is_expected
 from . import protocol
 
 log = logging.getLogger("unirs.worker")
@@ -359,7 +360,7 @@ class Worker:
                 reply = protocol.cancelled(rid)
             else:
                 message = protocol.describe_error(exc)
-                if protocol.is_expected(exc):
+                if is_expected(exc):
                     log.warning("op '%s' (%s) refused: %s", op, rid, message)  # the input's fault: no traceback
                 else:
                     log.error("op '%s' (%s) failed:\n%s", op, rid, traceback.format_exc())
