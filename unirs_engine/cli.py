@@ -33,7 +33,8 @@ def _model_options() -> argparse.ArgumentParser:
     g.add_argument("--clue-model", metavar="DIR", help="base VLM that writes the clue (e.g. VILA-1.5-3B)")
     g.add_argument("--frames", type=positive_int, help="frames sampled from a video or stack (default: model's)")
     g.add_argument("--max-new-tokens", type=positive_int, default=64)
-    g.add_argument("--batch-size", type=positive_int, default=8)
+    g.add_argument("--batch-size", type=positive_int,
+                   help="requests per generate call (default: as many as the free memory holds, at most 8)")
     g.add_argument("--json", action="store_true", help="one JSON object per result on stdout")
     return p
 
@@ -54,7 +55,7 @@ def _engine(args):
 
     return Engine.load(args.model, device=args.device, dtype=args.dtype,
                        clue_model_dir=args.clue_model, num_frames=args.frames,
-                       max_new_tokens=args.max_new_tokens)
+                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
 
 
 def _print_result(args, label: str, res) -> None:
@@ -81,7 +82,7 @@ def _run_requests(args, requests) -> int:
 
     engine = _engine(args)
     with tqdm(total=len(requests), unit="req", disable=len(requests) < 2, file=sys.stderr) as bar:
-        results = engine.run_batch(requests, batch_size=args.batch_size,
+        results = engine.run_batch(requests,
                                    progress=lambda done, total: bar.update(done - bar.n))
     for req, res in zip(requests, results):
         _print_result(args, _label(req, res), res)
@@ -221,7 +222,8 @@ def _cmd_batch(args) -> int:
     engine = _engine(args) if todo else None
     failed = []
     with tqdm(total=todo, unit="req", disable=todo < 2, file=sys.stderr) as bar:
-        for n, req, outcome in _outcomes(engine, entries, args.batch_size, bar.update):
+        batch_size = engine.batch_size if engine else 1
+        for n, req, outcome in _outcomes(engine, entries, batch_size, bar.update):
             if isinstance(outcome, str):
                 failed.append(n)
                 print(json.dumps({"line": n, "error": outcome}, ensure_ascii=False) if args.json
@@ -238,6 +240,10 @@ def _cmd_batch(args) -> int:
 
 
 def _cmd_info(args) -> int:
+    """The rasters, then the checkpoint as inspected (configs and safetensors headers: no weights
+    loaded, instant even for a 3B model); --load adds the loaded engine's own report."""
+    from .checkpoint_info import default_model_dir, describe, expected_memory, inspect_checkpoint
+
     out = {}
     if args.rasters:
         from .inputs.raster import raster_info
@@ -247,8 +253,25 @@ def _cmd_info(args) -> int:
         except (OSError, ValueError) as exc:   # the reader's messages name the file and why
             raise CommandError(one_line(exc)) from None
     if not args.no_model:
-        out["engine"] = _engine(args).info()
-    print(json.dumps(out, indent=2, default=str))
+        info = inspect_checkpoint(args.model or default_model_dir())
+        clue = inspect_checkpoint(args.clue_model) if args.clue_model else None
+        devices = [args.device] if args.device else ["cpu", "cuda"]
+        batch = args.batch_size or 1   # the memory of one request unless told
+        memory = {m["device"]: m for m in (expected_memory(info, args.dtype, d, batch) for d in devices)}
+        out.update(model={**info.to_dict(), "memory": memory}, clue_model=clue.to_dict() if clue else None)
+        if args.load:
+            out["engine"] = _engine(args).info()
+    if args.json:
+        print(json.dumps(out, default=str, ensure_ascii=False))
+        return 0
+    for raster in out.get("rasters", []):
+        print(f"Raster: {raster['path']}")
+        print("\n".join(f"  {key}: {value}" for key, value in raster.items() if key != "path"))
+    if not args.no_model:
+        print("\n".join(describe(info, devices, args.dtype, batch, clue)))
+    if "engine" in out:
+        e = out["engine"]
+        print(f"Loaded: on {e['device']} ({e['device_name']}) in {e['dtype']}, torch {e['torch']}")
     return 0
 
 
@@ -284,9 +307,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("requests", help="UTF-8 file, one JSON request per line")
     p.set_defaults(func=_cmd_batch)
 
-    p = sub.add_parser("info", parents=[model], help="describe the model and/or rasters")
+    p = sub.add_parser(
+        "info", parents=[model], help="describe the model and/or rasters",
+        description="Describes the rasters, then the checkpoint read from its configs and safetensors "
+                    "headers (no weights loaded): tasks, parameters, dtype on disk, expected memory on "
+                    "the CPU and a GPU (or --device) at --dtype for --batch-size requests (default 1), "
+                    "calibrated thresholds, the clue model.")
     p.add_argument("rasters", nargs="*")
     p.add_argument("--no-model", action="store_true", help="only describe the rasters")
+    p.add_argument("--load", action="store_true", help="also load the model and report the engine "
+                   "(device, dtype, torch)")
     p.set_defaults(func=_cmd_info)
 
     for register in _registered_commands():

@@ -13,26 +13,29 @@ the vision pass).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from . import prompts
+from . import prompts, sizing
+from .checkpoint_info import inspect_checkpoint, request_memory
 from .inputs.pair import read_pair
 from .inputs.preprocess import ImagePreprocessor
 from .inputs.raster import MAX_READ_PIXELS, read_chip
 from .inputs.video import MIN_FRAMES, read_sequence
-from .model.change_score import FOLDER as CHANGE_SCORE_FOLDER, match_gain
+from .model.change_score import feature_change_score, match_gain
 from .model.checkpoint import LoadedModel, load_checkpoint
-from .review.schema import COSINE_SCORE, HEAD_SCORE   # the change score in use (Engine.change_score)
-from .types import Chip, InputKind, Result, valid_in_all
+from .review.schema import COSINE_SCORE, HEAD_SCORE, SCORES, THRESHOLD_KEYS
+from .types import CEM_PAIR, PAIR_MODES, TWO_IMAGE_PAIR, Chip, InputKind, Result, image_slots, valid_in_all
 
 TASK_NAMES = {InputKind.IMAGE: "ask", InputKind.PAIR: "change", InputKind.SEQUENCE: "classify"}
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "demo"
@@ -69,6 +72,13 @@ class NotEnoughData(InputError):
     """Too few pixels of an input hold data (nodata, NaN, outside the other date)."""
 
 
+class OutOfMemory(EngineError):
+    """The device ran out of memory; the message gives the figures and what to change."""
+
+
+log = logging.getLogger("unirs.engine")
+
+
 @dataclass
 class Request:
     kind: InputKind
@@ -82,6 +92,7 @@ class Request:
     classes: Sequence[str] | None = None  # SEQUENCE: label set for extra["label"]
     task: str | None = None           # the Result's task name; default from the kind
     min_valid_fraction: float | None = None  # None: the engine's (e.g. a review passes its own)
+    pair_mode: str | None = None      # PAIR: "cem" or "two-images" (types.PAIR_MODES); None: the model's
 
     def __post_init__(self):
         self.kind = InputKind(self.kind)
@@ -97,7 +108,21 @@ class _Prepared:
     keys: tuple[str, ...]             # content hash per chip
     features: torch.Tensor            # (N, P, D) on the model device
     valid_fraction: float             # pixels with data: of the image, in both dates, of the worst frame
+    pair_mode: str | None             # how a pair goes in (None for other kinds)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def n_slots(self) -> int:
+        return image_slots(self.request.kind, self.features.shape[0], self.pair_mode)
+
+
+class GenerateItem(NamedTuple):
+    """One prompt of a generate call: an input's features, how they become slots, the user message."""
+
+    kind: InputKind
+    features: torch.Tensor            # (N, P, D)
+    message: str
+    pair_mode: str | None = None
 
 
 def default_model_dir() -> Path:
@@ -131,11 +156,6 @@ class _LRU(OrderedDict):
         self.move_to_end(key)
         while len(self) > self.capacity:
             self.popitem(last=False)
-
-
-def _n_slots(kind: InputKind, features: torch.Tensor) -> int:
-    """<image> slots in the prompt: one for an image or a pair, one per frame for a sequence."""
-    return features.shape[0] if kind is InputKind.SEQUENCE else 1
 
 
 class _StopWhenCancelled(StoppingCriteria):
@@ -210,7 +230,7 @@ class Engine:
     def __init__(self, model: LoadedModel, *, clue_model: LoadedModel | None = None,
                  num_frames: int | None = None, max_new_tokens: int = 64, cache_size: int = 64,
                  min_valid_fraction: float = MIN_VALID_FRACTION,
-                 max_read_pixels: int | None = MAX_READ_PIXELS):
+                 max_read_pixels: int | None = MAX_READ_PIXELS, batch_size: int | None = None):
         self.model = model
         self.clue_model = clue_model
         if num_frames is None:
@@ -230,22 +250,35 @@ class Engine:
         # Window reads of unchanged files: (kind, file stamps, region) -> chips. Few: a chip is up to
         # 2 x 1024^2 x bands bytes.
         self._reads = _LRU(READ_CACHE_SIZE)
+        self.checkpoint = inspect_checkpoint(model.path)   # what its files hold (tasks, scores, sizes)
+        self.parameters = sum(p.numel() for p in model.model.parameters())
+        # Requests per generate call: as many of the heaviest kind (a sequence) as the free memory holds.
+        self.batch_size = _positive_int("batch_size", batch_size) if batch_size is not None else \
+            sizing.default_batch_size(sizing.free_memory(torch.device(model.device)), self._request_bytes())
+        self.warning = sizing.cpu_warning(model.model_id, self.parameters, str(model.dtype).removeprefix("torch.")) \
+            if torch.device(model.device).type == "cpu" else None
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None, *, device: str | None = None,
              dtype: str | None = None, clue_model_dir: str | Path | None = None,
              num_frames: int | None = None, max_new_tokens: int = 64,
              min_valid_fraction: float = MIN_VALID_FRACTION,
-             max_read_pixels: int | None = MAX_READ_PIXELS) -> "Engine":
+             max_read_pixels: int | None = MAX_READ_PIXELS, batch_size: int | None = None) -> "Engine":
         # Parameters first: a typo must not cost a model load.
         if num_frames is not None:
             _positive_int("num_frames", num_frames, MIN_FRAMES)
+        if batch_size is not None:
+            _positive_int("batch_size", batch_size)
         _positive_int("max_new_tokens", max_new_tokens)
         _fraction("min_valid_fraction", min_valid_fraction)
         model = load_checkpoint(model_dir or default_model_dir(), device=device, dtype=dtype)
         clue = load_checkpoint(clue_model_dir, device=device, dtype=dtype) if clue_model_dir else None
-        return cls(model, clue_model=clue, num_frames=num_frames, max_new_tokens=max_new_tokens,
-                   min_valid_fraction=min_valid_fraction, max_read_pixels=max_read_pixels)
+        engine = cls(model, clue_model=clue, num_frames=num_frames, max_new_tokens=max_new_tokens,
+                     min_valid_fraction=min_valid_fraction, max_read_pixels=max_read_pixels,
+                     batch_size=batch_size)
+        if engine.warning:
+            log.warning(engine.warning)
+        return engine
 
     # ---- public API -------------------------------------------------------------------------
 
@@ -262,11 +295,16 @@ class Engine:
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
             "dtype": str(m.dtype).replace("torch.", ""),
             "has_change_module": m.model.mm_projector.has_change,
+            "pair_mode": m.model.pair_mode,
             "change_score": self.change_score,
+            "change_scores": self.change_scores_available,
             "num_frames": self.num_frames,
             "context_tokens": self._context_sizes(m)[0],
+            "visual_tokens_per_slot": self._context_sizes(m)[1],
             "min_valid_fraction": self.min_valid_fraction,
             "max_read_pixels": self.max_read_pixels,
+            "batch_size": self.batch_size,
+            "warning": self.warning,
             "clue_model_id": self.clue_model.model_id if self.clue_model else None,
             "parameters": counts,
             "torch": torch.__version__,
@@ -281,12 +319,12 @@ class Engine:
         return self.run_batch([req], max_new_tokens=max_new_tokens, is_cancelled=is_cancelled)[0]
 
     def describe_change(self, before, after, instruction: str | None = None, *, bounds=None,
-                        bounds_crs=None, bands=None, clue: bool = False,
+                        bounds_crs=None, bands=None, clue: bool = False, pair_mode: str | None = None,
                         max_new_tokens: int | None = None,
                         is_cancelled: Callable[[], bool] | None = None) -> Result:
         req = Request(InputKind.PAIR, [before, after],
                       instruction or prompts.CHANGE_DESCRIBE_INSTRUCTION, clue=clue, bounds=bounds,
-                      bounds_crs=bounds_crs, bands=bands)
+                      bounds_crs=bounds_crs, bands=bands, pair_mode=pair_mode)
         return self.run_batch([req], max_new_tokens=max_new_tokens, is_cancelled=is_cancelled)[0]
 
     def classify_sequence(self, frames, classes: Sequence[str] | None = None, *, clue: bool = False,
@@ -298,24 +336,27 @@ class Engine:
                       classes=classes)
         return self.run_batch([req], max_new_tokens=max_new_tokens, is_cancelled=is_cancelled)[0]
 
-    def run_batch(self, requests: Sequence[Request], *, batch_size: int = 8,
+    def run_batch(self, requests: Sequence[Request], *, batch_size: int | None = None,
                   max_new_tokens: int | None = None,
                   progress: Callable[[int, int], None] | None = None,
                   is_cancelled: Callable[[], bool] | None = None) -> list[Result]:
-        """Answer many requests, `batch_size` per generate call; same answers as one by one.
+        """Answer many requests, `batch_size` (default: the engine's) per generate call; same answers
+        as one by one.
 
         Every prompt is checked against the model's context before any input is read.
         `is_cancelled` is polled between batches and at every generated token; raises Cancelled."""
-        batch_size = _positive_int("batch_size", batch_size)
+        batch_size = self.batch_size if batch_size is None else _positive_int("batch_size", batch_size)
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else \
             _positive_int("max_new_tokens", max_new_tokens)
         for req in requests:
+            self._check_pair_mode(req)
             self._check_prompt_fits(req, self._min_slots(req), max_new_tokens)
         results: list[Result] = []
         for start in range(0, len(requests), batch_size):
             self._check(is_cancelled)
-            chunk = [self._prepare(r) for r in requests[start:start + batch_size]]
-            results.extend(self._answer(chunk, max_new_tokens, is_cancelled))
+            with self._memory_errors(min(batch_size, len(requests) - start)):
+                chunk = [self._prepare(r) for r in requests[start:start + batch_size]]
+                results.extend(self._answer(chunk, max_new_tokens, is_cancelled))
             if progress:
                 progress(len(results), len(requests))
         return results
@@ -333,32 +374,42 @@ class Engine:
 
     @property
     def change_threshold(self) -> float:
-        """The change-score threshold for this model's reviews (review/calibrate.py: the user's, the
-        checkpoint's, else the default)."""
-        return self.change_threshold_with_source[0]
+        """The threshold of this model's default change score for reviews (review/calibrate.py: the
+        user's, the checkpoint's, else the default)."""
+        return self.change_threshold_with_source()[0]
 
-    @property
-    def change_threshold_with_source(self) -> tuple[float, str]:
+    def change_threshold_with_source(self, score: str | None = None) -> tuple[float, str]:
+        """(threshold, where it comes from) of `score` (default: the model's)."""
         from .review.calibrate import model_threshold
 
-        return model_threshold(self.model.model_id, self.change_score_config, self.change_score)
+        score = self.resolve_score(score)
+        return model_threshold(self.model.model_id, self.threshold_config_file(score), score)
 
     @property
     def change_score(self) -> str:
-        """Which change score this model gives: HEAD_SCORE (its change_score/ head) or COSINE_SCORE."""
-        return HEAD_SCORE if self.model.change_head is not None else COSINE_SCORE
+        """The change score this model gives by default: the first of change_scores_available."""
+        return self.change_scores_available[0]
 
     @property
-    def change_score_config(self) -> dict:
-        """The config that carries the threshold calibrated for the score in use: the head's, else the
-        checkpoint's top-level config."""
-        return self.model.change_head_config if self.model.change_head is not None else self.model.model.config
+    def change_scores_available(self) -> list[str]:
+        """The change scores this model can give, best first (checkpoint_info's rule): its change-score
+        head's (change_score/), its CEM's cosine (a UniRS checkpoint), its vision tower's cosine (any)."""
+        return self.checkpoint.change_scores
 
-    @property
-    def change_score_config_file(self) -> Path:
-        """The file of change_score_config (where `unirs calibrate-threshold` stores the threshold)."""
-        folder = self.model.path / CHANGE_SCORE_FOLDER if self.model.change_head is not None else self.model.path
-        return folder / "config.json"
+    def threshold_config_file(self, score: str | None = None) -> Path:
+        """The config file that keeps the threshold calibrated for `score` (review/schema.py's
+        THRESHOLD_KEYS; `unirs calibrate-threshold` writes it)."""
+        return self.model.path / THRESHOLD_KEYS[self.resolve_score(score)][0]
+
+    def resolve_score(self, score: str | None) -> str:
+        """`score`, or the model's default for None; InvalidRequest for one this model cannot give."""
+        if score is None:
+            return self.change_score
+        if score not in self.change_scores_available:
+            why = "not a change score" if score not in SCORES else "not given by this model"
+            raise InvalidRequest(f"change score {score!r} is {why}; {self.model.model_id} gives "
+                                 f"{', '.join(self.change_scores_available)}")
+        return score
 
     def change_features(self, pairs: Sequence[tuple[Chip, Chip]], *, gain_matched: bool
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -369,21 +420,51 @@ class Engine:
         feats = self._encode([chip for (before, _), after in zip(pairs, afters) for chip in (before, after)])
         return feats[0::2], feats[1::2]                                    # (B, P, D) each
 
-    def change_scores(self, pairs: Sequence[tuple[Chip, Chip]]) -> list[float]:
-        """Cheap change scores of aligned pairs (no text), higher = more likely changed: the head's
-        logit when the checkpoint has one, else 1 - mean cosine in the CEM's space. The features stay
-        cached for a following describe request."""
-        if not self.model.model.mm_projector.has_change:
-            raise EngineError(f"{self.model.model_id} has no Change Extraction module: change scores "
-                              "need a UniRS checkpoint")
-        head = self.model.change_head
-        before, after = self.change_features(pairs, gain_matched=head is not None)   # (B, P, D) each
+    def change_scores(self, pairs: Sequence[tuple[Chip, Chip]], score: str | None = None) -> list[float]:
+        """Cheap change scores of aligned pairs (no text), higher = more likely changed, by `score`
+        (review/schema.py; default: the model's). The features stay cached for a following describe."""
+        score = self.resolve_score(score)
+        with self._memory_errors(len(pairs)):
+            before, after = self.change_features(pairs, gain_matched=score == HEAD_SCORE)   # (B, P, D) each
         with torch.inference_mode():
-            if head is not None:
-                scores = head(before, after)                                       # (B,)
-            else:
+            if score == HEAD_SCORE:
+                scores = self.model.change_head(before, after)                          # (B,)
+            elif score == COSINE_SCORE:
                 scores = self.model.model.mm_projector.layers["change"].change_score(before, after)  # (B,)
+            else:
+                scores = feature_change_score(before, after)                            # (B,)
         return [float(s) for s in scores]
+
+    # ---- memory -------------------------------------------------------------------------------
+
+    def _request_bytes(self) -> int:
+        """Memory one request of the heaviest kind needs beyond the weights (checkpoint_info's rule): a
+        sequence of num_frames slots, its text and its answer."""
+        _, per_slot, _ = self._context_sizes(self.model)
+        tokens = self.num_frames * per_slot + sizing.PLANNED_TEXT_TOKENS + self.max_new_tokens
+        need = request_memory(self.checkpoint, str(self.model.dtype), tokens)
+        return sum(need.values())
+
+    @contextmanager
+    def _memory_errors(self, n_requests: int):
+        """Turn an allocation failure into OutOfMemory with the figures and the ways out."""
+        try:
+            yield
+        except Exception as exc:
+            if not sizing.is_out_of_memory(exc):
+                raise
+            device = torch.device(self.model.device)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            weights = sum(p.numel() * p.element_size() for p in self.model.model.parameters())
+            dtype = str(self.model.dtype).removeprefix("torch.")
+            ways = [f"a smaller batch size (now {n_requests})" if n_requests > 1 else None,
+                    "dtype bfloat16" if self.model.dtype == torch.float32 else None,
+                    "device cpu" if device.type == "cuda" else "closing other programs"]
+            raise OutOfMemory(
+                f"out of memory on {device} answering {n_requests} request(s) at once: the model's weights "
+                f"take {weights / 2**30:.1f} GiB in {dtype}, {sizing.free_memory(device) / 2**30:.1f} GiB "
+                f"are free now; try {', or '.join(w for w in ways if w)}") from None
 
     # ---- steps --------------------------------------------------------------------------------
 
@@ -461,15 +542,30 @@ class Engine:
         t0 = time.perf_counter()
         chips = self._read(req)
         t1 = time.perf_counter()
-        if req.kind is InputKind.PAIR and not self.model.model.mm_projector.has_change:
-            raise EngineError(f"{self.model.model_id} has no Change Extraction module (a VILA-1.5 "
-                              "checkpoint?): pair requests need a UniRS checkpoint")
         valid_fraction = self._check_valid_fraction(req, chips)
         keys = tuple(_chip_key(c) for c in chips)
         features = self._encode(chips, keys=keys)
         t2 = time.perf_counter()
-        return _Prepared(req, chips, keys, features, valid_fraction,
+        return _Prepared(req, chips, keys, features, valid_fraction, self._pair_mode(req),
                          {"read_s": t1 - t0, "encode_s": t2 - t1})
+
+    def _pair_mode(self, req: Request) -> str | None:
+        """How a pair request goes in: as asked, else the model's way; None for other kinds."""
+        if req.kind is not InputKind.PAIR:
+            return None
+        return req.pair_mode or self.model.model.pair_mode
+
+    def _check_pair_mode(self, req: Request) -> None:
+        """InvalidRequest for a pair mode that is unknown or that this model cannot do."""
+        if req.pair_mode is None:
+            return
+        if req.pair_mode not in PAIR_MODES:
+            raise InvalidRequest(f"pair_mode must be one of {', '.join(PAIR_MODES)}, got {req.pair_mode!r}")
+        if req.kind is not InputKind.PAIR:
+            raise InvalidRequest(f"pair_mode is for pair requests, not {req.kind.value} requests")
+        if req.pair_mode == CEM_PAIR and not self.model.model.mm_projector.has_change:
+            raise InvalidRequest(f"{self.model.model_id} has no Change Extraction module: pair_mode "
+                                 f"{CEM_PAIR!r} needs a UniRS checkpoint ({TWO_IMAGE_PAIR!r} works with any)")
 
     def _check_valid_fraction(self, req: Request, chips: list[Chip]) -> float:
         """The request's valid fraction; NotEnoughData below its minimum."""
@@ -528,10 +624,10 @@ class Engine:
                                 f"{n_slots} image slot(s) of {per_slot} included); {limit}")
 
     def _min_slots(self, req: Request) -> int:
-        """<image> slots the request will have at least, known before reading: one for an image or a
-        pair, one per frame of a stack, MIN_FRAMES for a video (its frame count is not read yet)."""
+        """<image> slots the request will have at least, known before reading: one for an image, one
+        or two for a pair, one per frame of a stack, MIN_FRAMES for a video (not counted yet)."""
         if req.kind is not InputKind.SEQUENCE:
-            return 1
+            return image_slots(req.kind, 1, self._pair_mode(req))
         return max(MIN_FRAMES, min(len(req.inputs), self.num_frames))
 
     def _clue(self, prep: _Prepared, is_cancelled: Callable[[], bool] | None) -> str | None:
@@ -546,18 +642,18 @@ class Engine:
         if cached is not None:
             return cached
         # The base VLM sees a pair as two images in two slots (VILA's native multi-image input).
-        kind = InputKind.SEQUENCE if req.kind is InputKind.PAIR else req.kind
+        pair_mode = TWO_IMAGE_PAIR if req.kind is InputKind.PAIR else None
         feats = self._encode(prep.chips, self.clue_model)
-        msg = prompts.user_message(kind, prompts.CLUE_PROMPTS[req.kind], _n_slots(kind, feats),
-                                   task_tag=False)
-        clue = self._generate(self.clue_model, [(kind, feats, msg)], self.max_new_tokens,
-                              is_cancelled)[0]
+        msg = prompts.user_message(req.kind, prompts.CLUE_PROMPTS[req.kind],
+                                   image_slots(req.kind, feats.shape[0], pair_mode), task_tag=False)
+        clue = self._generate(self.clue_model, [GenerateItem(req.kind, feats, msg, pair_mode)],
+                              self.max_new_tokens, is_cancelled)[0]
         self._clues.put(key, clue)
         return clue
 
     @staticmethod
     def _user_message(prep: _Prepared, clue: str | None) -> str:
-        return Engine._message(prep.request, _n_slots(prep.request.kind, prep.features), clue)
+        return Engine._message(prep.request, prep.n_slots, clue)
 
     @staticmethod
     def _message(req: Request, n: int, clue: str | None) -> str:
@@ -570,14 +666,14 @@ class Engine:
         return f"{prompts.IMAGE_TOKEN}\n" * n + req.instruction
 
     @staticmethod
-    def _generate(loaded: LoadedModel, items: list[tuple[InputKind, torch.Tensor, str]],
-                  max_new_tokens: int, is_cancelled: Callable[[], bool] | None = None) -> list[str]:
-        """Greedy answers for (kind, features (N, P, D), user message) items in one generate call."""
+    def _generate(loaded: LoadedModel, items: list[GenerateItem], max_new_tokens: int,
+                  is_cancelled: Callable[[], bool] | None = None) -> list[str]:
+        """Greedy answers of the items in one generate call."""
         model, tok = loaded.model, loaded.tokenizer
         stop = StoppingCriteriaList([_StopWhenCancelled(is_cancelled)]) if is_cancelled else None
         with torch.inference_mode():
-            slots = [model.visual_slots(feats, kind) for kind, feats, _ in items]  # (n_slots, T, H)
-            ids = [prompts.encode(tok, msg)[0] for _, _, msg in items]
+            slots = [model.visual_slots(it.features, it.kind, it.pair_mode) for it in items]  # (n_slots, T, H)
+            ids = [prompts.encode(tok, it.message)[0] for it in items]
             out = model.generate(ids, slots, max_new_tokens=max_new_tokens, stopping_criteria=stop)
         Engine._check(is_cancelled)  # a cut-short answer is never returned as if complete
         return [tok.decode(o, skip_special_tokens=True).strip() for o in out]
@@ -586,16 +682,15 @@ class Engine:
                 is_cancelled: Callable[[], bool] | None = None) -> list[Result]:
         clues = [self._clue(p, is_cancelled) for p in batch]
         for prep, clue in zip(batch, clues):   # exactly now: the frames are counted, the clue written
-            self._check_prompt_fits(prep.request, _n_slots(prep.request.kind, prep.features),
-                                    max_new_tokens, clue)
+            self._check_prompt_fits(prep.request, prep.n_slots, max_new_tokens, clue)
         messages = [self._user_message(p, c) for p, c in zip(batch, clues)]
-        keys = [(p.request.kind.value, p.keys, m, max_new_tokens) for p, m in zip(batch, messages)]
+        keys = [(p.request.kind.value, p.pair_mode, p.keys, m, max_new_tokens) for p, m in zip(batch, messages)]
         todo = [i for i, k in enumerate(keys) if self._answers.get(k) is None]
         t0 = time.perf_counter()
         if todo:
             fresh = self._generate(
-                self.model, [(batch[i].request.kind, batch[i].features, messages[i]) for i in todo],
-                max_new_tokens, is_cancelled)
+                self.model, [GenerateItem(batch[i].request.kind, batch[i].features, messages[i], batch[i].pair_mode)
+                             for i in todo], max_new_tokens, is_cancelled)
             for i, answer in zip(todo, fresh):
                 self._answers.put(keys[i], answer)
         gen_s = time.perf_counter() - t0
@@ -617,7 +712,7 @@ class Engine:
         req = prep.request
         extra = {"valid_fraction": prep.valid_fraction}
         if req.kind is InputKind.PAIR:   # the review's score, so that both surfaces give one number
-            extra.update(changed=not prompts.says_no_change(answer),
+            extra.update(changed=not prompts.says_no_change(answer), pair_mode=prep.pair_mode,
                          change_score=self.change_scores([(prep.chips[0], prep.chips[1])])[0],
                          change_score_kind=self.change_score)
         elif req.kind is InputKind.SEQUENCE:

@@ -17,8 +17,22 @@ class InputKind(str, Enum):
     """How the visual input is routed through the model (never guessed from a frame count)."""
 
     IMAGE = "image"        # one image -> projector -> 196 tokens in one <image> slot
-    PAIR = "pair"          # before/after -> Change Extraction -> projector -> one <image> slot
+    PAIR = "pair"          # before/after -> (see PAIR_MODES) -> one or two <image> slots
     SEQUENCE = "sequence"  # N frames (video or dated stack) -> N x 196 tokens in N slots
+
+
+# How a pair reaches the LLM. CEM_PAIR: the Change Extraction module fuses the dates into one slot
+# (UniRS). TWO_IMAGE_PAIR: each date is projected into a slot of its own, in date order (the paper's
+# "without CEM" setting; what a checkpoint without the module, e.g. VILA-1.5, does).
+CEM_PAIR, TWO_IMAGE_PAIR = "cem", "two-images"
+PAIR_MODES = (CEM_PAIR, TWO_IMAGE_PAIR)
+
+
+def image_slots(kind: InputKind, n_features: int, pair_mode: str = CEM_PAIR) -> int:
+    """<image> slots of an input: 1 for an image, 1 or 2 for a pair (by `pair_mode`), 1 per frame."""
+    if kind is InputKind.PAIR:
+        return 1 if pair_mode == CEM_PAIR else 2
+    return n_features if kind is InputKind.SEQUENCE else 1
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ def CHANGE_FIELDS() -> QgsFields:
                    ("date_before", QVariant.Date), ("date_after", QVariant.Date),
                    ("layer_before", QVariant.String), ("layer_after", QVariant.String),
                    ("model", QVariant.String), ("created", QVariant.DateTime),
-                   ("score", QVariant.Double))
+                   ("score", QVariant.Double), ("score_kind", QVariant.String), ("pair_mode", QVariant.String))
 
 
 def CLASSIFY_FIELDS() -> QgsFields:
@@ -48,6 +48,19 @@ def CLASSIFY_FIELDS() -> QgsFields:
 
 
 FIELDS_FOR_TASK = {"ask": ASK_FIELDS, "change": CHANGE_FIELDS, "classify": CLASSIFY_FIELDS}
+# How the model saw a pair (the result's extra["pair_mode"]), in the dock's and the log's words.
+PAIR_MODE_TEXT = {"cem": "Compared through the Change Extraction module",
+                  "two-images": "Compared as two images in one prompt (the model has no Change Extraction module)"}
+
+
+def change_details(result: dict) -> str:
+    """One line on how a change answer was reached: the pair mode and the change score."""
+    extra = result.get("extra") or {}
+    mode = PAIR_MODE_TEXT.get(extra.get("pair_mode"), "Compared")
+    score = extra.get("change_score")
+    if score is None:
+        return mode
+    return f"{mode}; change score {score:.3g} ({extra.get('change_score_kind', '?')})"
 
 
 def footprint_crs(result: dict) -> QgsCoordinateReferenceSystem:
@@ -78,6 +91,8 @@ def _result_values(result: dict) -> dict:
         "created": QDateTime.currentDateTimeUtc(),
         "changed": extra.get("changed"),
         "score": extra.get("change_score"),
+        "score_kind": extra.get("change_score_kind"),
+        "pair_mode": extra.get("pair_mode"),
         "label": extra.get("label"),
         "frames": json.dumps(frames) if frames is not None else None,
         "classes": ", ".join(classes) if isinstance(classes, list) else classes,
@@ -137,13 +152,23 @@ def open_table(gpkg_path: str, table: str, name: str | None = None) -> QgsVector
 
 
 def ensure_table(gpkg_path: str, task: str, crs: QgsCoordinateReferenceSystem) -> None:
-    """Create the table of `task` in `gpkg_path` (and the file) when missing, with its default style."""
+    """Create the table of `task` in `gpkg_path` (and the file) when missing, with its default style;
+    a table written by an earlier version gets the fields it lacks."""
     table = TABLES[task]
     if table_exists(gpkg_path, table):
+        _add_missing_fields(gpkg_path, table, FIELDS_FOR_TASK[task]())
         return
     _create_table(gpkg_path, table, FIELDS_FOR_TASK[task](),
                   crs if crs.isValid() else QgsCoordinateReferenceSystem("EPSG:4326"))
     style_answers_file(table_uri(gpkg_path, table), task)
+
+
+def _add_missing_fields(gpkg_path: str, table: str, fields: QgsFields) -> None:
+    layer = open_table(gpkg_path, table)
+    missing = [field for field in fields if layer.fields().indexOf(field.name()) < 0]
+    if missing and not layer.dataProvider().addAttributes(missing):
+        raise OSError(f"cannot add the fields {', '.join(f.name() for f in missing)} to table {table!r} "
+                      f"of {gpkg_path}")
 
 
 def append_answer(gpkg_path: str, table: str, result: dict, **attrs) -> int:

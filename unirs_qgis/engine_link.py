@@ -87,6 +87,8 @@ def format_engine(info: dict) -> str:
     text = f"{info.get('model_id', '?')} · {where}"
     if info.get("mode") == "inprocess":
         text += " · in-process"
+    if info.get("warning"):   # a large model on the CPU (the engine's estimate is in the warning)
+        text += " · slow here"
     return text
 
 

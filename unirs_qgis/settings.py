@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass, fields
 
 from qgis.core import QgsApplication, QgsProject, QgsSettings
+
+from unirs_engine.checkpoint_info import CheckpointError, inspect_checkpoint
 
 PREFIX = "unirs/"
 DEVICES = ("auto", "cpu", "cuda")
@@ -15,7 +16,6 @@ MODES = ("subprocess", "inprocess")
 STORE_SUFFIX = "_unirs_answers.gpkg"     # <project name>_unirs_answers.gpkg beside a saved project
 UNSAVED_FOLDER = "unirs/unsaved"         # in the profile folder: stores of projects not saved yet
 PROJECT_SCOPE = "UniRS"                  # QgsProject entries of the plugin
-CHECKPOINT_FOLDERS = ("llm", "vision_tower", "mm_projector")
 
 
 @dataclass
@@ -86,21 +86,12 @@ def _store_id(project: QgsProject) -> str:
 
 
 def checkpoint_problem(folder: str) -> str | None:
-    """One line saying why `folder` is not a UniRS/VILA-1.5 checkpoint folder (the layout the engine
-    loads), or None when it looks like one. Only reads file names and config.json: instant."""
-    if not os.path.isdir(folder):
-        return f"{folder}: no such folder"
-    config = os.path.join(folder, "config.json")
+    """The engine loader's one line saying why `folder` is not a checkpoint it can load, or None.
+    Reads config files and safetensors headers only (checkpoint_info.py): instant, no torch."""
     try:
-        with open(config, encoding="utf-8") as f:
-            model_type = json.load(f).get("model_type")
-    except (OSError, ValueError, AttributeError) as exc:
-        return f"{config}: missing or not a JSON object ({type(exc).__name__})"
-    if model_type != "llava_llama":
-        return f"{config}: model_type is {model_type!r}, not a VILA-1.5 checkpoint ('llava_llama')"
-    missing = [sub for sub in CHECKPOINT_FOLDERS if not os.path.isdir(os.path.join(folder, sub))]
-    if missing:
-        return f"{folder}: missing {', '.join(missing)}/ (a checkpoint has {', '.join(CHECKPOINT_FOLDERS)}/)"
+        inspect_checkpoint(folder)
+    except CheckpointError as exc:
+        return str(exc)
     return None
 
 

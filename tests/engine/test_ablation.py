@@ -15,7 +15,7 @@ from unirs_engine import prompts
 from unirs_engine.data import load_samples
 from unirs_engine.data.synthetic.writer import write_benchmark
 from unirs_engine.engine import Engine, EngineError
-from unirs_engine.evaluate.runner import EvalError, evaluate, to_request
+from unirs_engine.evaluate.runner import evaluate, to_request
 from unirs_engine.inputs.preprocess import ImagePreprocessor
 from unirs_engine.model.checkpoint import load_checkpoint
 from unirs_engine.train.clues import read_clue_ids, write_clues
@@ -167,21 +167,24 @@ def test_cem_dropped_checkpoint_has_no_change_module(nocem_run, base):
 
 def test_eval_without_cem_runs_pairs_as_frames(nocem_run, bench, tmp_path):
     engine = Engine.load(nocem_run, device="cpu", max_new_tokens=4)
-    with pytest.raises(EvalError, match="no Change Extraction module.*--pairs-as-frames"):
-        evaluate(engine, "levir-cc", bench / "levircc", tmp_path / "plain", progress=False)
+    evaluate(engine, "levir-cc", bench / "levircc", tmp_path / "plain", progress=False)
     results = evaluate(engine, "levir-cc", bench / "levircc", tmp_path / "frames", pairs_as_frames=True,
                        progress=False)
     assert results["pairs_as_frames"] and results["scored"] == 2 and not results["skipped"]
     assert results["levir-cc"]["change_decision"]["n"] == 2
     records = [json.loads(line) for line in (tmp_path / "frames" / "predictions.jsonl").open()]
     assert all(r["kind"] == "pair" and r["pairs_as_frames"] for r in records)
+    # Without a CEM the model takes pairs as two images anyway: the flag changes nothing.
+    plain_records = [json.loads(line) for line in (tmp_path / "plain" / "predictions.jsonl").open()]
+    assert [r["prediction"] for r in plain_records] == [r["prediction"] for r in records]
 
     sample = load_samples("levir-cc", bench / "levircc", split="test")[0]
     result = engine.run_batch([to_request(sample, clue=False, pairs_as_frames=True)])[0]
     assert result.task == "change" and prompts.conversation(
         prompts.user_message(InputKind.PAIR, sample.instruction, 2)) == result.prompt
+    assert engine.describe_change(*sample.images, sample.instruction).answer == result.answer
     with pytest.raises(EngineError, match="no Change Extraction module"):
-        engine.describe_change(*sample.images)
+        engine.describe_change(*sample.images, pair_mode="cem")
 
 
 # ---- the table -------------------------------------------------------------------------------

@@ -20,7 +20,9 @@ from unirs_engine.inputs.pair import read_pair
 from unirs_engine.model.change_score import FOLDER, ChangeScoreHead
 from unirs_engine.model.checkpoint import CheckpointError, load_checkpoint, save_change_head
 from unirs_engine.review import ReviewError, ReviewJob, run_review
-from unirs_engine.review.calibrate import CONFIG_KEY
+from unirs_engine.review.calibrate import threshold_key
+
+CONFIG_KEY = threshold_key("head")
 from unirs_engine.testing.rasters import pattern, write_raster
 
 TOWER_WIDTH = 32   # testing/tiny.py's vision_hidden
@@ -93,7 +95,8 @@ def test_a_head_for_another_tower_is_refused_naming_its_file(tiny_checkpoint, tm
 def test_without_a_head_the_cem_cosine_score_and_the_top_level_threshold_are_used(tiny_checkpoint, pairs):
     engine = Engine.load(tiny_checkpoint, device="cpu")
     assert engine.model.change_head is None and engine.info()["change_score"] == "cem-cosine"
-    assert engine.change_score_config_file == tiny_checkpoint / "config.json"
+    assert engine.threshold_config_file() == tiny_checkpoint / "config.json"
+    assert engine.change_scores_available == ["cem-cosine", "feature-cosine"]
     chips = read_pair(pairs["before"], pairs["changed"])
     feats = engine._encode(list(chips))                                          # (2, P, D)
     with torch.no_grad():
@@ -103,8 +106,12 @@ def test_without_a_head_the_cem_cosine_score_and_the_top_level_threshold_are_use
 
 def test_with_a_head_the_engine_says_so_and_uses_its_threshold(head_engine, head_checkpoint):
     assert head_engine.info()["change_score"] == "head"
-    assert head_engine.change_threshold_with_source == (0.7, "calibrated in the checkpoint")
-    assert head_engine.change_score_config_file == head_checkpoint / FOLDER / "config.json"
+    assert head_engine.change_threshold_with_source() == (0.7, "calibrated in the checkpoint")
+    assert head_engine.threshold_config_file() == head_checkpoint / FOLDER / "config.json"
+    assert head_engine.change_scores_available == ["head", "cem-cosine", "feature-cosine"]
+    # Each score has its own threshold: the others are not calibrated in this checkpoint.
+    assert head_engine.change_threshold_with_source("feature-cosine")[1].startswith("default")
+    assert head_engine.threshold_config_file("cem-cosine") == head_checkpoint / "config.json"
 
 
 def test_the_head_score_responds_to_a_real_change_and_not_to_a_gain_change(head_engine, pairs):

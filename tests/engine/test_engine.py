@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from unirs_engine import prompts
-from unirs_engine.engine import Cancelled, Engine, EngineError, Request
+from unirs_engine.engine import Cancelled, Engine, EngineError, InvalidRequest, Request
 from unirs_engine.inputs.raster import read_chip
 from unirs_engine.testing.rasters import pattern, write_pair, write_raster
 from unirs_engine.testing.tiny import build_tiny_vila_checkpoint
@@ -124,10 +124,30 @@ def test_cancel_stops_generation_mid_answer(engine, rasters):
     assert len(polls) < 10      # generation stopped at the next token, not after 50
 
 
-def test_pair_needs_a_change_module(tmp_path, rasters):
-    vila = Engine.load(build_tiny_vila_checkpoint(tmp_path / "vila"), device="cpu", max_new_tokens=2)
-    with pytest.raises(EngineError, match="no Change Extraction module"):
-        vila.describe_change(rasters["before"], rasters["after"])
+def test_vila_checkpoint_describes_change_through_two_images(tmp_path, rasters):
+    vila = Engine.load(build_tiny_vila_checkpoint(tmp_path / "vila"), device="cpu", max_new_tokens=4)
+    result = vila.describe_change(rasters["before"], rasters["after"])
+    assert result.extra["pair_mode"] == "two-images" and result.extra["change_score_kind"] == "feature-cosine"
+    assert result.prompt.count(prompts.IMAGE_TOKEN) == 2 and prompts.TASK_TAGS[InputKind.PAIR] in result.prompt
+    assert 0 <= result.extra["change_score"] <= 2 and len(result.georef) == 2
+    assert vila.info()["pair_mode"] == "two-images" and vila.info()["change_scores"] == ["feature-cosine"]
+    with pytest.raises(InvalidRequest, match="no Change Extraction module.*'two-images' works"):
+        vila.describe_change(rasters["before"], rasters["after"], pair_mode="cem")
+
+
+def test_two_image_pair_is_the_two_frame_prompt(engine, rasters):
+    """A CEM model asked for two images answers exactly as the 2-frame sequence under the change
+    instruction that the "without CEM" ablation trains on (train.data's pair_as_frames)."""
+    pair = engine.describe_change(rasters["before"], rasters["after"], pair_mode="two-images")
+    message = prompts.user_message(InputKind.PAIR, prompts.CHANGE_DESCRIBE_INSTRUCTION, 2)
+    frames = engine.run_batch([Request(InputKind.SEQUENCE, [rasters["before"], rasters["after"]], message,
+                                       raw_instruction=True)])[0]
+    fused = engine.describe_change(rasters["before"], rasters["after"])
+    assert pair.prompt == frames.prompt and pair.answer == frames.answer
+    assert pair.extra["pair_mode"] == "two-images" and fused.extra["pair_mode"] == "cem"
+    assert fused.prompt.count(prompts.IMAGE_TOKEN) == 1
+    with pytest.raises(InvalidRequest, match="pair_mode must be one of cem, two-images"):
+        engine.describe_change(rasters["before"], rasters["after"], pair_mode="fused")
 
 
 def test_clue_needs_a_clue_model(engine, rasters):

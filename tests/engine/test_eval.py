@@ -177,12 +177,16 @@ def test_samples_without_scoring_facts_are_named(engine, samples, tmp_path):
 def test_set_up_faults_stop_before_any_prediction(engine, samples, tmp_path):
     with pytest.raises(EvalError, match="no clue model"):
         evaluate_samples(engine, samples[:1], tmp_path, task="synthetic", clue=True, progress=False)
+    assert not (tmp_path / "predictions.jsonl").exists()
+
+
+def test_vila_checkpoint_evaluates_pairs_as_two_images(samples, tmp_path):
     from unirs_engine.testing.tiny import build_tiny_vila_checkpoint
 
     vila = Engine.load(build_tiny_vila_checkpoint(tmp_path / "vila"), device="cpu", max_new_tokens=2)
-    with pytest.raises(EvalError, match="no Change Extraction module"):
-        evaluate_samples(vila, samples[3:5], tmp_path, task="synthetic", progress=False)
-    assert not (tmp_path / "predictions.jsonl").exists()
+    pairs = [s for s in samples if s.kind is InputKind.PAIR]
+    results = evaluate_samples(vila, pairs, tmp_path / "out", task="synthetic", progress=False)
+    assert results["scored"] == len(pairs) > 0 and not results["skipped"]
 
 
 @pytest.fixture(scope="module")

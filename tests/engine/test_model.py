@@ -58,10 +58,20 @@ def test_routing_rejects_wrong_counts(loaded, features, kind, n):
         loaded.model.visual_slots(features[:n], kind)
 
 
-def test_pair_on_vila_checkpoint_raises_clear_error(tmp_path, features):
+def test_pair_without_cem_is_two_slots_in_date_order(tmp_path, loaded, features):
     vila = load_checkpoint(build_tiny_vila_checkpoint(tmp_path / "vila"))
+    assert vila.model.pair_mode == "two-images" and loaded.model.pair_mode == "cem"
+    with torch.no_grad():
+        pair = vila.model.visual_slots(features[:2], InputKind.PAIR)                 # (2, T, H)
+        frames = vila.model.visual_slots(features[:2], InputKind.SEQUENCE)
+        forced = loaded.model.visual_slots(features[:2], InputKind.PAIR, "two-images")
+        fused = loaded.model.visual_slots(features[:2], InputKind.PAIR)              # (1, T, H)
+    assert pair.shape[0] == 2 and torch.equal(pair, frames)
+    assert forced.shape[0] == 2 and fused.shape[0] == 1
     with pytest.raises(ValueError, match="no Change Extraction module"):
-        vila.model.visual_slots(features[:2], InputKind.PAIR)
+        vila.model.visual_slots(features[:2], InputKind.PAIR, "cem")
+    with pytest.raises(ValueError, match="unknown pair mode"):
+        loaded.model.visual_slots(features[:2], InputKind.PAIR, "fused")
 
 
 def test_splice_puts_visual_embeddings_at_placeholders(loaded):

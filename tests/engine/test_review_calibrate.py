@@ -17,7 +17,9 @@ from unirs_engine.data.synthetic.writer import write_benchmark
 from unirs_engine.engine import Engine
 from unirs_engine.inputs.pair import read_pair
 from unirs_engine.review import DEFAULT_THRESHOLD, ReviewError, ReviewJob, run_review, set_verdict
-from unirs_engine.review.calibrate import CONFIG_KEY, USER_THRESHOLDS, best_threshold
+from unirs_engine.review.calibrate import USER_THRESHOLDS, best_threshold, threshold_key
+
+CONFIG_KEY = threshold_key("cem-cosine")
 
 
 def test_best_threshold_by_balanced_accuracy():

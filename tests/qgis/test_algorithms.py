@@ -100,6 +100,7 @@ def test_describe_change_pair_in_different_crs(run, data, tmp_path):
     assert feature["layer_before"] == "before_2020-01-05" and feature["layer_after"] == "after_20210630"
     assert feature["changed"] in (True, False) and isinstance(feature["score"], float)
     assert isinstance(feature["caption"], str)
+    assert feature["pair_mode"] == "cem" and feature["score_kind"] == "cem-cosine"   # the tiny UniRS model
 
 
 def test_describe_change_swaps_layers_dated_the_wrong_way(run, data, tmp_path):

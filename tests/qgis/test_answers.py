@@ -9,8 +9,8 @@ from qgis.core import QgsCoordinateReferenceSystem, QgsVectorLayer, QgsWkbTypes
 from qgis.PyQt.QtCore import QDate
 
 from unirs_engine.types import GeoRef, Result
-from unirs_qgis.answers import (ASK_FIELDS, CHANGE_FIELDS, CLASSIFY_FIELDS, append_answer,
-                                feature_from_result, footprint, footprint_crs, open_table)
+from unirs_qgis.answers import (ASK_FIELDS, CHANGE_FIELDS, CLASSIFY_FIELDS, _create_table, append_answer,
+                                change_details, feature_from_result, footprint, footprint_crs, open_table)
 
 UTM33_BOUNDS = (500000.0, 4499360.0, 500640.0, 4500000.0)
 
@@ -25,7 +25,7 @@ def _result(task="ask", crs="EPSG:32633", bounds=UTM33_BOUNDS, extra=None) -> di
 def test_field_names_match_the_contract():
     assert ASK_FIELDS().names() == ["question", "answer", "clue", "model", "layer", "extent_crs", "created"]
     assert CHANGE_FIELDS().names() == ["caption", "changed", "date_before", "date_after", "layer_before",
-                                       "layer_after", "model", "created", "score"]
+                                       "layer_after", "model", "created", "score", "score_kind", "pair_mode"]
     assert CLASSIFY_FIELDS().names() == ["label", "answer", "frames", "classes", "model", "created"]
 
 
@@ -38,12 +38,14 @@ def test_footprint_is_the_first_inputs_bounds_in_its_crs():
 
 
 def test_feature_from_result_fills_fields_and_transforms():
-    result = _result("change", extra={"changed": True, "change_score": 0.25})
+    result = _result("change", extra={"changed": True, "change_score": 0.25, "change_score_kind": "head",
+                                      "pair_mode": "cem"})
     feature = feature_from_result(result, CHANGE_FIELDS(),
                                   dest_crs=QgsCoordinateReferenceSystem("EPSG:4326"),
                                   date_before=QDate(2020, 1, 1), layer_before="a", layer_after="b")
     assert feature["caption"] == "Two buildings." and feature["changed"] is True
     assert feature["score"] == 0.25 and feature["date_before"] == QDate(2020, 1, 1)
+    assert feature["score_kind"] == "head" and feature["pair_mode"] == "cem"
     assert feature["model"] == "unirs-tiny" and feature["created"].isValid()
     box = feature.geometry().boundingBox()      # UTM 33N: x = 500 km is the 15°E meridian
     assert box.xMinimum() == pytest.approx(15.0) and 15.007 < box.xMaximum() < 15.008 and 40.6 < box.yMinimum() < 40.66
@@ -79,6 +81,27 @@ def test_append_answer_creates_file_then_appends_in_the_tables_crs(tmp_path):
     assert tables == {"ask", "classify", "layer_styles"} and styled == {"ask", "classify"}
 
 
+def test_a_change_table_of_an_earlier_version_gets_the_new_fields(tmp_path):
+    gpkg = str(tmp_path / "answers.gpkg")
+    earlier = CHANGE_FIELDS()
+    for name in ("score_kind", "pair_mode"):     # what the change table had before pairs had modes
+        earlier.remove(earlier.indexOf(name))
+    _create_table(gpkg, "change", earlier, QgsCoordinateReferenceSystem("EPSG:32633"))
+    result = _result("change", extra={"changed": False, "change_score": 0.1, "change_score_kind": "feature-cosine",
+                                      "pair_mode": "two-images"})
+    fid = append_answer(gpkg, "change", result)
+    feature = open_table(gpkg, "change").getFeature(fid)
+    assert feature["pair_mode"] == "two-images" and feature["score_kind"] == "feature-cosine"
+
+
 def test_append_answer_unwritable_path_is_a_clear_error(tmp_path):
     with pytest.raises(OSError, match="cannot create table 'ask'"):
         append_answer(str(tmp_path / "missing_dir" / "a.gpkg"), "ask", _result())
+
+
+def test_change_details_say_how_the_pair_was_compared():
+    two = _result("change", extra={"pair_mode": "two-images", "change_score": 0.1234,
+                                   "change_score_kind": "feature-cosine"})
+    assert change_details(two) == ("Compared as two images in one prompt (the model has no Change Extraction module); "
+                                   "change score 0.123 (feature-cosine)")
+    assert change_details(_result("change", extra={"pair_mode": "cem"})) == "Compared through the Change Extraction module"

@@ -191,7 +191,8 @@ def test_describe_change_of_two_dated_layers(dock, qgis_iface, tmp_path):
     (record,) = annotations.answers_of(after)
     assert annotations.answers_of(before) == [record]
     assert record["task"] == "change" and record["question"] == "Describe the change"
-    assert isinstance(record["extra"]["changed"], bool)
+    assert isinstance(record["extra"]["changed"], bool) and record["extra"]["pair_mode"] == "cem"
+    assert "\nCompared through the Change Extraction module; change score " in dock.status_label.text()
     assert record["extent"] == pytest.approx([500_000, 4_499_520, 500_480, 4_500_000])  # whole layer
     assert dock.history_label.text() == "History of site_20230415"
     assert dock.history_model.rowCount() == 1
@@ -335,12 +336,11 @@ def test_settings_dialog_saves_settings(dock, engine_settings, tmp_path, clue_ch
     dialog.device.setCurrentText("cuda")
     dialog.answers_gpkg.setFilePath(str(tmp_path / "elsewhere.gpkg"))
     dialog.clue_model_dir.setFilePath(str(tmp_path))         # not a checkpoint: refused, and why
-    assert dialog.checkpoint_problems.text() == (f"Clue model directory: {tmp_path}/config.json: missing or "
-                                                 "not a JSON object (FileNotFoundError)")
+    assert dialog.clue_info.text() == f"{tmp_path}/config.json: missing (expected the VILA-1.5 top-level config)"
     dialog.accept()
     assert PluginSettings.load().device != "cuda"
     dialog.clue_model_dir.setFilePath(str(clue_checkpoint))
-    assert not dialog.checkpoint_problems.text()
+    assert dialog.clue_info.text().startswith("vila-tiny (VILA-1.5, ")
     dialog.accept()
     try:
         saved = PluginSettings.load()

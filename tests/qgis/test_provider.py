@@ -23,7 +23,7 @@ ALGORITHMS = {
     "unirs:classify_sequence": ("Classify a dated stack or a video", ["LAYERS", "VIDEO", "CLASSES", "OUTPUT"]),
     "unirs:review_changes": ("Review changes between dated mosaics",
                              ["BEFORE", "AFTER", "DATE_BEFORE", "DATE_AFTER", "TILE_SIZE", "TILE_UNITS", "OVERLAP",
-                              "CRS", "RESOLUTION", "THRESHOLD", "CAPTION_ALL", "MAX_TILES", "OUTPUT"]),
+                              "CRS", "RESOLUTION", "THRESHOLD", "CAPTION_ALL", "SCORE", "MAX_TILES", "OUTPUT"]),
     "unirs:setup_engine": ("Set up the UniRS engine", ["CHECK_ONLY", "FORCE", "TORCH_INDEX_URL"]),
 }
 

@@ -6,6 +6,7 @@ a saved and reopened project, flicker, recalibration from verdicts used by the n
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from qgis.PyQt.QtCore import QDate
 from tests.qgis.recording import RecordingFeedback
 from unirs_engine.data.synthetic.mosaic import write_mosaic_pair
 from unirs_engine.review.job import DEFAULT_THRESHOLD
+from unirs_engine.review.schema import SCORES
 from unirs_qgis.dock.review_panel import ReviewPanel, open_review, review_tiles, set_verdict
 
 TILE = 64
@@ -72,6 +74,17 @@ def test_threshold_default_output_and_modeler_outputs(unirs_provider, tmp_path, 
     finally:
         project.setFileName("")
     assert "changed</b> when its score is at or above" in alg.shortHelpString()
+
+
+def test_the_change_score_is_chosen_per_review(run, mosaics, tmp_path):
+    before, after = mosaics["same_grid"]
+    out = tmp_path / "feature.gpkg"
+    feedback = RecordingFeedback()
+    run("unirs:review_changes", {"BEFORE": str(before), "AFTER": str(after), "TILE_SIZE": TILE, "THRESHOLD": 0.0,
+                                 "SCORE": SCORES.index("feature-cosine") + 1, "OUTPUT": str(out)}, feedback=feedback)
+    record = engine_record(str(out))
+    assert record["change_score"] == json.loads(record["job_json"])["score"] == "feature-cosine"
+    assert any("changed (feature-cosine score ≥ 0," in info for info in feedback.infos)
 
 
 def test_review_in_another_crs_and_resolution_with_a_nodata_hole(run, mosaics, tmp_path):

@@ -27,8 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--clue", action="store_true", help="augment prompts with the clue model's clue")
     p.add_argument("--clue-model", metavar="DIR", help="base VLM that writes the clue (needed by --clue)")
     p.add_argument("--pairs-as-frames", action="store_true",
-                   help="give image pairs to the model as 2-frame sequences under the change "
-                        "instruction: for a model trained without the Change Extraction module")
+                   help="give image pairs to the model as two images in one prompt under the change "
+                        "instruction, even when it has a Change Extraction module (a checkpoint without "
+                        "one takes pairs that way anyway)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="discard predictions already in --out and start over")
     p.add_argument("--on-error", choices=("skip", "raise"), default="skip",

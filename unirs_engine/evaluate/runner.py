@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from tqdm import tqdm
 
 from .. import prompts
-from ..types import InputKind, Result, Sample
+from ..types import TWO_IMAGE_PAIR, InputKind, Result, Sample
 from .captions import scores_by_change
 from .metrics import classification_report, vqa_accuracy
 from .report import write_report
@@ -65,8 +65,9 @@ def evaluate_samples(engine: Engine, samples: Sequence[Sample], out_dir: str | P
     """`evaluate` on samples already loaded; returns the results dict written to report.json.
 
     `not_loaded`: records the dataset reader skipped, listed in the report with the skipped samples.
-    `pairs_as_frames`: image pairs go in as 2-frame sequences under the change instruction, the
-    way a model trained without the CEM saw them (paper IV-E2).
+    `pairs_as_frames`: image pairs go in as two images in one prompt under the change instruction
+    (pair mode "two-images", the way a model trained without the CEM saw them, paper IV-E2) even when
+    the model has a CEM; a model without one takes pairs that way anyway.
     """
     if on_error not in ("skip", "raise"):
         raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -78,7 +79,7 @@ def evaluate_samples(engine: Engine, samples: Sequence[Sample], out_dir: str | P
     if pairs_as_frames:  # only then: prediction files of earlier runs lack the key
         run["pairs_as_frames"] = True
     keyed = _key_samples(samples, task)
-    _check_engine(info, keyed.values(), clue, pairs_as_frames)
+    _check_engine(info, clue)
     if not resume:
         path.unlink(missing_ok=True)
     records = read_predictions(path)
@@ -120,17 +121,10 @@ def _key_samples(samples: Iterable[Sample], task: str) -> dict[Key, Sample]:
     return keyed
 
 
-def _check_engine(info: dict, samples: Iterable[Sample], clue: bool, pairs_as_frames: bool) -> None:
+def _check_engine(info: dict, clue: bool) -> None:
     """Faults of the set-up, not of a sample: stop before every sample is skipped for them."""
     if clue and not info["clue_model_id"]:
         raise EvalError("clue prompts were asked for but no clue model is loaded (--clue-model DIR)")
-    if pairs_as_frames and clue:
-        raise EvalError("--clue with --pairs-as-frames is not supported (the 2-frame prompt is "
-                        "built raw, with no clue)")
-    if not (info["has_change_module"] or pairs_as_frames) and any(s.kind is InputKind.PAIR for s in samples):
-        raise EvalError(f"{info['model_id']} has no Change Extraction module (a VILA-1.5 checkpoint?); "
-                        "image pairs need a UniRS checkpoint, or --pairs-as-frames for a model "
-                        "trained without it")
 
 
 def read_predictions(path: Path) -> dict[Key, dict]:
@@ -172,14 +166,10 @@ def to_request(sample: Sample, clue: bool, pairs_as_frames: bool = False) -> Req
     """The engine request of a sample; the engine adds the task tag and the template."""
     from ..engine import Request
 
-    if pairs_as_frames and sample.kind is InputKind.PAIR:
-        # Two frames spliced like a video under the change tag and instruction, exactly the
-        # prompt train.data builds for `pair_as_frames` (the engine keeps a raw prompt as it is).
-        message = prompts.user_message(InputKind.PAIR, sample.instruction, len(sample.images))
-        return Request(InputKind.SEQUENCE, list(sample.images), message, raw_instruction=True,
-                       task="change")
     inputs = [sample.video] if sample.kind is InputKind.SEQUENCE and sample.video else list(sample.images)
-    return Request(sample.kind, inputs, sample.instruction, clue=clue, raw_instruction=False)
+    # Two images under the change tag and instruction: the prompt train.data builds for `pair_as_frames`.
+    pair_mode = TWO_IMAGE_PAIR if pairs_as_frames and sample.kind is InputKind.PAIR else None
+    return Request(sample.kind, inputs, sample.instruction, clue=clue, pair_mode=pair_mode)
 
 
 def _predict(engine: Engine, todo: list[tuple[Key, Sample]], path: Path, records: dict[Key, dict],

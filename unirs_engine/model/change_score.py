@@ -8,8 +8,9 @@ chip's gain is matched to the before chip, and was trained on pairs augmented li
 (review/augment.py). The CEM stays what feeds the LLM; the head only scores.
 
 On disk it is an optional part of a checkpoint, `change_score/` (config.json + model.safetensors),
-beside the VILA-1.5 folders: checkpoints without it (VILA-1.5, older UniRS) keep the CEM cosine score.
-Its config also carries the threshold calibrated for its score (review/calibrate.py).
+beside the VILA-1.5 folders: checkpoints without it keep the CEM cosine score (older UniRS) or, with no
+CEM either (VILA-1.5), the tower's own feature cosine (`feature_change_score`). Its config also
+carries the threshold calibrated for its score (review/calibrate.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def match_gain(before: Chip, after: Chip) -> Chip:
     gain = b[common].mean(0) / np.maximum(a[common].mean(0), 1.0)            # (3,)
     matched = np.where(common[..., None], np.clip(a * gain, 1, 255), a)      # (H, W, 3)
     return replace(after, image=matched.astype(np.uint8))
+
+
+def feature_change_score(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """(B, P, D) tower features of two dates -> (B,): 1 - mean per-patch cosine similarity (0 = the
+    same). Needs no trained part, so any checkpoint can score a review with it."""
+    cos = torch.nn.functional.cosine_similarity(before.float(), after.float(), dim=-1, eps=1e-8)  # (B, P)
+    return 1.0 - cos.mean(dim=1)
 
 
 class ChangeScoreHead(nn.Module):

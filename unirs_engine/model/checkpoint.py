@@ -5,13 +5,16 @@ vision_tower/ (SiglipVisionModel + preprocessor_config.json), mm_projector/ (con
 model.safetensors with VILA's `layers.{1,2,4}.*` or UniRS' `layers.single.*` + `layers.change.*`),
 and optionally change_score/ (config.json + model.safetensors: the review's change-score head,
 model/change_score.py; without it the review scores with the CEM's cosine).
+
+Every check that needs no torch (layout, configs, safetensors headers) is checkpoint_info.py's
+`inspect_checkpoint`, called first; this module adds what needs the model built: tensor shapes against
+a meta-device skeleton, and the loading report.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,32 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import (LlamaConfig, LlamaForCausalLM, SiglipImageProcessorPil, SiglipVisionConfig,
                           SiglipVisionModel)
 from transformers.utils import logging as transformers_logging
 
-from .change_score import FOLDER as CHANGE_SCORE_FOLDER, KIND as CHANGE_SCORE_KIND, ChangeScoreHead
+from ..checkpoint_info import (DTYPE_ALIASES, IGNORED_TENSORS, INDEX_FILE,
+                               VILA_PROJECTOR_KEY, CheckpointError, TensorHeader, default_dtype, dtype_name,
+                               inspect_checkpoint, read_json, read_weights)
+from .change_score import FOLDER as CHANGE_SCORE_FOLDER, ChangeScoreHead
 from .factory import PROJECTOR_CFG
 from .projector import MultimodalProjector
 from .tokenizer import TOKENIZER_FILE, load_tokenizer
 from .unirs import UniRSModel
 from .vision import VisionTower
 
-SUBFOLDERS = ("llm", "vision_tower", "mm_projector")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 VISION_PREFIX = "vision_model."   # HF SigLIP files name tensors vision_model.*; transformers 5 strips it
-# Tensors a checkpoint may carry that the model rightly lacks: SigLIP's unused pooling head, and
-# buffers that older transformers versions saved (rotary inv_freq, position ids).
-IGNORED_TENSORS = re.compile(r"^(vision_model\.)?head\.|rotary_emb\.inv_freq$|(^|\.)position_ids$")
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the one-line message names the file and what was expected."""
+DTYPES = {alias: getattr(torch, name) for alias, name in DTYPE_ALIASES.items()}
 
 
 @dataclass
@@ -60,10 +54,12 @@ class LoadedModel:
     change_head_config: dict[str, Any] | None = None   # its config.json (architecture, threshold, training)
 
 
-def pick_device(device: str | torch.device | None = None,
-                dtype: str | torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
-    """CUDA + bfloat16 when available, else CPU + float32; either can be forced ("cpu", "bf16").
-    A device or dtype that cannot be used is a one-line CheckpointError."""
+def pick_device(device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                parameters: int = 0) -> tuple[torch.device, torch.dtype]:
+    """CUDA when available, else the CPU; at checkpoint_info.default_dtype for a model of `parameters`
+    (bfloat16 on CUDA, float16 where CUDA lacks it; float32 on the CPU unless the model is large and the
+    CPU has bfloat16). Either can be forced ("cpu", "bf16"). A device or dtype that cannot be used is
+    a one-line CheckpointError."""
     if device is None:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
@@ -78,63 +74,21 @@ def pick_device(device: str | torch.device | None = None,
             raise CheckpointError(f"device {device!r} requested but this machine has "
                                   f"{torch.cuda.device_count()} CUDA device(s), numbered from 0")
     if dtype is None:
-        if dev.type != "cuda":
-            return dev, torch.float32
-        return dev, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        chosen = DTYPES[default_dtype(dev.type, parameters)]
+        if chosen == torch.bfloat16 and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+            chosen = torch.float16
+        return dev, chosen
     if isinstance(dtype, torch.dtype):
         return dev, dtype
-    name = str(dtype).removeprefix("torch.").lower()
-    if name not in DTYPES:
-        raise CheckpointError(f"unknown dtype {dtype!r}; expected one of {', '.join(sorted(DTYPES))}")
-    return dev, DTYPES[name]
+    return dev, DTYPES[dtype_name(dtype)]
 
 
 # ---- loading ----------------------------------------------------------------------------------
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing (expected {what})")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-
-
-def _expect_type(config: dict[str, Any], key: str, expected: str, path: Path) -> None:
-    if config.get(key) != expected:
-        raise CheckpointError(f"{path}: {key} is {config.get(key)!r}, expected {expected!r}")
-
-
-def _weight_shapes(folder: Path) -> dict[str, tuple[tuple[int, ...], Path]]:
-    """Tensor name -> (shape, file) over the folder's safetensors; refuses pickles and broken files."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
-        if pickles:
-            raise CheckpointError(f"{folder / pickles[0]}: PyTorch pickle weights are refused (unsafe to "
-                                  f"load); expected model.safetensors (convert the checkpoint first)")
-        raise CheckpointError(f"{folder / 'model.safetensors'}: missing (expected safetensors weights)")
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        shards = set(_read_json(index, "a safetensors index").get("weight_map", {}).values())
-        for shard in sorted(shards):
-            if not (folder / shard).is_file():
-                raise CheckpointError(f"{folder / shard}: missing (listed in {index.name})")
-    shapes: dict[str, tuple[tuple[int, ...], Path]] = {}
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                for name in f.keys():
-                    shapes[name] = (tuple(f.get_slice(name).get_shape()), file)
-        except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
-            raise CheckpointError(f"{file}: unreadable or truncated safetensors file ({exc})") from exc
-    return shapes
-
-
-def _check_shapes(expected: dict[str, torch.Tensor], found: dict[str, tuple[tuple[int, ...], Path]],
+def _check_shapes(expected: dict[str, torch.Tensor], found: dict[str, TensorHeader],
                   folder: Path, strip_prefix: str = "") -> None:
     """Every saved tensor exists in the model built from config.json, with the same shape."""
-    for name, (shape, file) in found.items():
+    for name, (_, shape, file) in found.items():
         name = name.removeprefix(strip_prefix)
         if IGNORED_TENSORS.search(name):
             continue
@@ -148,7 +102,7 @@ def _check_shapes(expected: dict[str, torch.Tensor], found: dict[str, tuple[tupl
 
 def _check_loading_info(info: dict[str, Any], folder: Path) -> None:
     """Transformers only warns about missing/unexpected keys; a checkpoint here must be complete."""
-    index = folder / "model.safetensors.index.json"
+    index = folder / INDEX_FILE
     weights = index if index.is_file() else folder / "model.safetensors"
     for kind in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
         items = sorted(str(k) for k in info.get(kind, []) if not IGNORED_TENSORS.search(str(k)))
@@ -169,13 +123,9 @@ def _quiet_transformers():
 
 
 def _load_llm(folder: Path, dtype: torch.dtype) -> LlamaForCausalLM:
-    config_path = folder / "config.json"
-    config = _read_json(config_path, "the LLM config")
-    _expect_type(config, "model_type", "llama", config_path)
-    shapes = _weight_shapes(folder)
     with torch.device("meta"):
         skeleton = LlamaForCausalLM(LlamaConfig.from_pretrained(folder))
-    _check_shapes(skeleton.state_dict(), shapes, folder)
+    _check_shapes(skeleton.state_dict(), read_weights(folder), folder)
     llm, info = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True,
                                                  local_files_only=True, output_loading_info=True)
     _check_loading_info(info, folder)
@@ -183,15 +133,11 @@ def _load_llm(folder: Path, dtype: torch.dtype) -> LlamaForCausalLM:
 
 
 def _load_vision(folder: Path, dtype: torch.dtype, select_layer: int) -> VisionTower:
-    config_path = folder / "config.json"
-    raw = _read_json(config_path, "the SigLIP vision tower config")
-    _expect_type(raw, "model_type", "siglip_vision_model", config_path)
     config = SiglipVisionConfig.from_pretrained(folder)
     config.vision_use_head = False  # features come from hidden_states; a saved head is ignored
-    shapes = _weight_shapes(folder)
     with torch.device("meta"):
         skeleton = SiglipVisionModel(config)
-    _check_shapes(skeleton.state_dict(), shapes, folder, strip_prefix=VISION_PREFIX)
+    _check_shapes(skeleton.state_dict(), read_weights(folder), folder, strip_prefix=VISION_PREFIX)
     with _quiet_transformers():
         model, info = SiglipVisionModel.from_pretrained(folder, config=config, dtype=dtype,
                                                         use_safetensors=True, local_files_only=True,
@@ -201,59 +147,38 @@ def _load_vision(folder: Path, dtype: torch.dtype, select_layer: int) -> VisionT
 
 
 def _projector_state(folder: Path) -> dict[str, torch.Tensor]:
-    """The projector's tensors with VILA's `layers.N.*` renamed to UniRS' `layers.single.N.*`."""
-    shapes = _weight_shapes(folder)
+    """The projector's tensors with VILA's `layers.N.*` renamed to UniRS' `layers.single.N.*`
+    (inspect_checkpoint refused a file that mixes the two)."""
     state: dict[str, torch.Tensor] = {}
-    for file in sorted({f for _, f in shapes.values()}):
+    for file in sorted({t.file for t in read_weights(folder).values()}):
         state.update(load_file(str(file)))
-    vila = [k for k in state if re.match(r"layers\.\d+\.", k)]
-    if vila and len(vila) != len(state):
-        raise CheckpointError(f"{folder / 'model.safetensors'}: mixes VILA (layers.N.*) and UniRS "
-                              f"(layers.single.*) projector keys")
-    if vila:
+    if any(VILA_PROJECTOR_KEY.match(k) for k in state):
         state = {"layers.single." + k.removeprefix("layers."): v for k, v in state.items()}
     return state
 
 
-def _load_projector(folder: Path, config: dict[str, Any], ckpt_config_path: Path, grid: int,
-                    dtype: torch.dtype) -> MultimodalProjector:
-    config_path = folder / "config.json"
-    _expect_type(_read_json(config_path, "the projector config"), "mm_projector_type",
-                 "mlp_downsample", config_path)
+def _load_projector(folder: Path, config: dict[str, Any], grid: int, dtype: torch.dtype) -> MultimodalProjector:
     state = _projector_state(folder)
     weights = folder / "model.safetensors"
     has_change = any(k.startswith("layers.change.") for k in state)
-    if config.get("chg") and not has_change:
-        raise CheckpointError(f"{weights}: no layers.change.* tensors, but {ckpt_config_path} says "
-                              f"chg true (expected the Change Extraction module)")
-    try:
-        projector = MultimodalProjector(int(config["mm_hidden_size"]), int(config["hidden_size"]),
-                                        change_grid=grid if has_change else None)
-    except KeyError as exc:
-        raise CheckpointError(f"{ckpt_config_path}: missing key {exc} (expected VILA's hidden sizes)") from exc
+    projector = MultimodalProjector(config["mm_hidden_size"], config["hidden_size"],
+                                    change_grid=grid if has_change else None)
     expected = projector.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:
         raise CheckpointError(f"{weights}: missing tensor {missing[0]!r} (expected "
                               f"{len(expected)} projector tensors)")
-    _check_shapes(expected, {k: (tuple(v.shape), weights) for k, v in state.items()}, folder)
+    _check_shapes(expected, {k: TensorHeader(str(v.dtype), tuple(v.shape), weights) for k, v in state.items()},
+                  folder)
     projector.load_state_dict(state, strict=True)
     return projector.to(dtype)
 
 
 def _load_change_head(folder: Path, dim: int) -> tuple[ChangeScoreHead, dict[str, Any]]:
     """The checkpoint's change-score head (float32, eval mode) and its config."""
-    config_path = folder / "config.json"
-    config = _read_json(config_path, "the change-score head config")
-    _expect_type(config, "type", CHANGE_SCORE_KIND, config_path)
-    if config.get("dim") != dim:
-        raise CheckpointError(f"{config_path}: dim is {config.get('dim')!r}, expected the vision tower's "
-                              f"width {dim} (the head belongs to another tower)")
-    try:
-        head = ChangeScoreHead(dim, int(config["hidden"]), float(config["dropout"]))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{config_path}: missing or bad key {exc} (expected hidden and dropout)") from exc
-    shapes = _weight_shapes(folder)
+    config = read_json(folder / "config.json", "the change-score head config")
+    head = ChangeScoreHead(dim, int(config["hidden"]), float(config["dropout"]))
+    shapes = read_weights(folder)
     expected = head.state_dict()
     _check_shapes(expected, shapes, folder)
     missing = sorted(set(expected) - set(shapes))
@@ -267,37 +192,25 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None,
                     dtype: str | torch.dtype | None = None) -> LoadedModel:
     """A UniRS or VILA-1.5 checkpoint directory -> model (eval mode), tokenizer, image processor."""
     path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint folder (expected config.json, llm/, "
-                              f"vision_tower/, mm_projector/)")
-    dev, dt = pick_device(device, dtype)
-    config_path = path / "config.json"
-    config = _read_json(config_path, "the VILA-1.5 top-level config")
-    _expect_type(config, "model_type", "llava_llama", config_path)
-    for sub in SUBFOLDERS:
-        if not (path / sub).is_dir():
-            raise CheckpointError(f"{path / sub}: missing folder (a VILA-1.5 checkpoint has "
-                                  f"{', '.join(SUBFOLDERS)})")
+    info = inspect_checkpoint(path)
+    dev, dt = pick_device(device, dtype, info.total_parameters)
+    config = read_json(path / "config.json", "the VILA-1.5 top-level config")
     llm = _load_llm(path / "llm", dt)
     tower = _load_vision(path / "vision_tower", dt, int(config.get("mm_vision_select_layer", -2)))
-    projector = _load_projector(path / "mm_projector", config, config_path, tower.grid, dt)
+    projector = _load_projector(path / "mm_projector", config, tower.grid, dt)
     try:
         tokenizer = load_tokenizer(path / "llm")
-    except FileNotFoundError as exc:
-        raise CheckpointError(str(exc)) from exc
     except Exception as exc:  # sentencepiece/protobuf/tokenizers each raise their own types
         raise CheckpointError(f"{path / 'llm' / TOKENIZER_FILE}: unreadable tokenizer "
                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
-    processor_dir = path / "vision_tower"
-    _read_json(processor_dir / "preprocessor_config.json", "the SigLIP image processor config")
-    image_processor = SiglipImageProcessorPil.from_pretrained(processor_dir)
+    image_processor = SiglipImageProcessorPil.from_pretrained(path / "vision_tower")
     model = UniRSModel(tower, projector, llm, config).to(dev).eval()
     head = head_config = None
     if (path / CHANGE_SCORE_FOLDER).is_dir():
         head, head_config = _load_change_head(path / CHANGE_SCORE_FOLDER, tower.hidden_size)
         head = head.to(dev)   # float32 whatever the model's dtype: it is tiny
     return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor,
-                       model_id=config.get("_name_or_path") or path.name, path=path,
+                       model_id=info.model_id, path=path,
                        device=dev, dtype=dt, change_head=head, change_head_config=head_config)
 
 

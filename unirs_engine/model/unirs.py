@@ -2,7 +2,7 @@
 
 Each `<image>` placeholder (IMAGE_TOKEN_INDEX) in the token ids is replaced by one visual slot of
 T embeddings. The input kind decides the slots, never the number of frames:
-IMAGE -> 1 slot, PAIR -> 1 fused slot, SEQUENCE of N frames -> N slots.
+IMAGE -> 1 slot, PAIR -> 1 fused slot (CEM) or 2 slots in date order (no CEM), SEQUENCE of N frames -> N slots.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from torch import nn
 from transformers import LlamaForCausalLM
 
 from ..prompts import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from ..types import InputKind
+from ..types import CEM_PAIR, PAIR_MODES, TWO_IMAGE_PAIR, InputKind
 from .projector import MultimodalProjector
 from .vision import VisionTower
 
@@ -35,8 +35,15 @@ class UniRSModel(nn.Module):
         """(N, 3, S, S) -> (N, P, D) tower features; cacheable per image."""
         return self.vision_tower(pixel_values)
 
-    def visual_slots(self, features: torch.Tensor, kind: InputKind) -> torch.Tensor:
-        """(N, P, D) features of one input -> (n_slots, T, H) LLM embeddings."""
+    @property
+    def pair_mode(self) -> str:
+        """How this model takes a pair unless told otherwise: through its CEM when it has one."""
+        return CEM_PAIR if self.mm_projector.has_change else TWO_IMAGE_PAIR
+
+    def visual_slots(self, features: torch.Tensor, kind: InputKind,
+                     pair_mode: str | None = None) -> torch.Tensor:
+        """(N, P, D) features of one input -> (n_slots, T, H) LLM embeddings; a pair goes in by
+        `pair_mode` (default: the model's)."""
         kind = InputKind(kind)
         n = features.shape[0]
         if kind is InputKind.IMAGE:
@@ -46,8 +53,14 @@ class UniRSModel(nn.Module):
         elif kind is InputKind.PAIR:
             if n != 2:
                 raise ValueError(f"a pair input needs 2 feature maps (before, after), got {n}")
-            fused = self.mm_projector.fuse_pair(features[:1], features[1:])      # (1, P, D)
-            slots = self.mm_projector.project(fused)                             # (1, T, H)
+            pair_mode = pair_mode or self.pair_mode
+            if pair_mode not in PAIR_MODES:
+                raise ValueError(f"unknown pair mode {pair_mode!r}; expected one of {PAIR_MODES}")
+            if pair_mode == CEM_PAIR:
+                fused = self.mm_projector.fuse_pair(features[:1], features[1:])  # (1, P, D)
+                slots = self.mm_projector.project(fused)                         # (1, T, H)
+            else:
+                slots = self.mm_projector.project(features)                      # (2, T, H)
         elif kind is InputKind.SEQUENCE:
             if n < 1:
                 raise ValueError("a sequence input needs at least one frame")

@@ -1,12 +1,12 @@
 """The change-score threshold of a model: calibrated on labelled pairs and stored in its checkpoint,
 or learnt from an analyst's verdicts in a review and kept per user.
 
-The score (the change-score head's logit, or without a head 1 - mean cosine similarity of the CEM's
-before/after maps; Engine.change_score says which) has no common scale across models and scores. So
-each checkpoint carries its own threshold for the score it gives, chosen on LEVIR-CC-format pairs
-(changeflag 0/1) to maximise balanced accuracy: in the head's config (change_score/config.json) when
-it has a head, else in its top-level config.json. The head's is chosen on mosaic-like copies of the
-pairs (augment.py), since that is what reviews read. An analyst's confirmed/rejected tiles of a
+The scores (schema.py: the change-score head's probability, 1 - mean cosine similarity of the CEM's
+before/after maps, or of the vision tower's patch features; Engine.change_score says which a model
+gives by default) have no common scale across models and scores. So each checkpoint carries its own
+threshold per score, chosen on LEVIR-CC-format pairs (changeflag 0/1) to maximise balanced accuracy,
+where schema.THRESHOLD_KEYS says (the head's in change_score/config.json, the others in config.json).
+The head's is chosen on mosaic-like copies of the pairs (augment.py), since that is what reviews read. An analyst's confirmed/rejected tiles of a
 review are such labelled pairs too: a threshold fitted to them is stored in the user's data folder
 (UNIRS_HOME/thresholds.json, by model id and score; the checkpoint folder may be read-only or replaced
 by a plugin update) and wins over the checkpoint's. A review without an explicit threshold uses the
@@ -26,9 +26,8 @@ from pathlib import Path
 
 from ..runtime.paths import unirs_home
 from .job import DEFAULT_THRESHOLD, ReviewError
-from .schema import LAYER, RUNS
+from .schema import LAYER, RUNS, THRESHOLD_KEYS
 
-CONFIG_KEY = "review_change_threshold"   # in the config of the score in use (see above)
 USER_THRESHOLDS = "thresholds.json"      # in UNIRS_HOME: {model id: {"threshold": ..., "score": ..., ...}}
 # The score of thresholds recorded before models had a head (reviews and user thresholds without one).
 EARLIER_SCORE = "cem-cosine"
@@ -71,9 +70,10 @@ def best_threshold(scores: Sequence[float], changed: Sequence[bool]) -> Calibrat
 
 
 def calibrate(engine, pairs: Sequence[tuple[str, str]], changed: Sequence[bool], *, copies: int = 0,
-              seed: int = 0, batch_size: int = 16) -> Calibration:
-    """Score `pairs` (before, after image paths on one grid) with `engine`, as read (copies=0) or as
-    `copies` mosaic-like versions of each (augment.py), and pick the threshold."""
+              seed: int = 0, batch_size: int = 16, score: str | None = None) -> Calibration:
+    """Score `pairs` (before, after image paths on one grid) with `engine` by `score` (default: the
+    model's), as read (copies=0) or as `copies` mosaic-like versions of each (augment.py), and pick
+    the threshold."""
     from .augment import read_pairs, review_read_side
 
     chips = read_pairs(pairs, copies=copies, seed=seed, side=review_read_side(engine.preprocess.size))
@@ -82,22 +82,39 @@ def calibrate(engine, pairs: Sequence[tuple[str, str]], changed: Sequence[bool],
     for pair in chips:
         batch.append(pair)
         if len(batch) == batch_size:
-            scores += engine.change_scores(batch)
+            scores += engine.change_scores(batch, score)
             batch = []
     if batch:
-        scores += engine.change_scores(batch)
+        scores += engine.change_scores(batch, score)
     return best_threshold(scores, list(changed) * max(copies, 1))
 
 
-def model_threshold(model_id: str, config: dict, score: str) -> tuple[float, str]:
-    """(threshold, where it comes from) for a review without an explicit one; `config` is the one of
-    the score in use (Engine.change_score_config), `score` its name. A user's threshold fitted to
-    another score of the same model (before it had a head) does not apply."""
+def threshold_key(score: str) -> str:
+    """The config key of the threshold calibrated for `score`."""
+    return THRESHOLD_KEYS[score][1]
+
+
+def checkpoint_calibration(config_file: str | os.PathLike, score: str) -> tuple[float | None, dict]:
+    """(threshold, how it was calibrated) of `score` in a checkpoint config file; (None, {}) when it
+    has none."""
+    try:
+        config = json.loads(Path(config_file).read_text())
+    except (OSError, ValueError):
+        return None, {}
+    key = threshold_key(score)
+    return config.get(key), config.get(key + "_info") or {}
+
+
+def model_threshold(model_id: str, config_file: str | os.PathLike, score: str) -> tuple[float, str]:
+    """(threshold, where it comes from) for a review without an explicit one; `config_file` keeps the
+    checkpoint's threshold of `score` (Engine.threshold_config_file). A user's threshold fitted to
+    another score of the same model does not apply."""
     user = user_thresholds().get(model_id)
     if user is not None and user.get("score", EARLIER_SCORE) == score:
         return float(user["threshold"]), f"your verdicts in {Path(user['review']).name} ({user['created'][:10]})"
-    if config.get(CONFIG_KEY) is not None:
-        return float(config[CONFIG_KEY]), "calibrated in the checkpoint"
+    threshold, _ = checkpoint_calibration(config_file, score)
+    if threshold is not None:
+        return float(threshold), "calibrated in the checkpoint"
     return DEFAULT_THRESHOLD, "default (the model carries no calibrated threshold)"
 
 
@@ -168,13 +185,14 @@ def keep_user_threshold(recalibration: Recalibration) -> Path:
     return path
 
 
-def store(config_file: str | os.PathLike, calibration: Calibration, source: str, **how) -> Path:
-    """Write the threshold (and how it was found: `source`, `how`) into the config of the score it was
-    calibrated for (Engine.change_score_config_file), atomically."""
+def store(config_file: str | os.PathLike, calibration: Calibration, source: str, *, score: str, **how) -> Path:
+    """Write the threshold of `score` (and how it was found: `source`, `how`) into the checkpoint config
+    that keeps it (Engine.threshold_config_file), atomically."""
     path = Path(config_file)
     config = json.loads(path.read_text())
-    config[CONFIG_KEY] = calibration.threshold
-    config[CONFIG_KEY + "_info"] = {**asdict(calibration), "source": source, **how}
+    key = threshold_key(score)
+    config[key] = calibration.threshold
+    config[key + "_info"] = {**asdict(calibration), "source": source, "score": score, **how}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, path)

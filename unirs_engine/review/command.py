@@ -10,8 +10,9 @@ import sys
 import threading
 
 from ..argtypes import positive_int
-from .calibrate import CONFIG_KEY, HEAD_COPIES, MIN_VERDICTS
+from .calibrate import HEAD_COPIES, MIN_VERDICTS
 from .job import DEFAULT_THRESHOLD, ReviewError, ReviewJob
+from .schema import SCORE_MEANINGS, SCORES
 
 EXIT_CANCELLED = 130  # the shell's code for "stopped by Ctrl-C"
 
@@ -36,13 +37,18 @@ def register(subparsers) -> None:
     p.add_argument("--threshold", type=float,
                    help="change score at or above which a tile is captioned (default: the threshold "
                         f"calibrated for the model, else {DEFAULT_THRESHOLD})")
+    p.add_argument("--score", choices=SCORES, help="the change score to decide by: " + "; ".join(
+        f"{name}: {meaning}" for name, meaning in SCORE_MEANINGS.items()) + " (default: the first the model "
+        "gives, in that order; a checkpoint without a Change Extraction module, e.g. VILA-1.5, gives only "
+        "feature-cosine)")
     p.add_argument("--caption-all", action="store_true", help="caption every valid tile")
     p.add_argument("--min-valid", type=float, default=0.5,
                    help="fraction of a tile's pixels with data in both dates below which it is skipped; "
                         "pixels without data in either date are blanked in both (default 0.5)")
     p.add_argument("--max-tiles", type=positive_int, default=100_000,
                    help="refuse a plan with more tiles (default 100000)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="tile pairs per forward pass (default 8)")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="tile pairs per forward pass (default: as many as the free memory holds, at most 8)")
     p.add_argument("--date-before", help="ISO date of BEFORE, written into every feature")
     p.add_argument("--date-after", help="ISO date of AFTER")
     p.add_argument("--model", metavar="DIR", help="UniRS checkpoint (default: $UNIRS_MODEL, else the demo model)")
@@ -53,15 +59,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "calibrate-threshold", help="calibrate a model's change-score threshold on labelled pairs",
         description="With --model and --data: scores the pairs of a LEVIR-CC-format split (changeflag 0/1) "
-                    "and stores the threshold with the best balanced accuracy in the config of the model's "
-                    "change score (change_score/config.json for a model with a change-score head, else "
-                    "config.json). "
+                    "and stores the threshold with the best balanced accuracy for the change score in the "
+                    "model's checkpoint (change_score/config.json for the head's, else config.json). "
                     "With --from-review: fits the threshold to your confirmed (changed) and rejected "
                     "(unchanged) tiles of a review and keeps it for that review's model in your data folder "
                     "(UNIRS_HOME), where it wins over the checkpoint's. Reviews without --threshold use it.")
     p.add_argument("--model", metavar="DIR", help="UniRS checkpoint to calibrate (written)")
     p.add_argument("--data", metavar="ROOT", help="LEVIR-CC-format root")
     p.add_argument("--split", default="val", help="split to calibrate on (default val)")
+    p.add_argument("--score", choices=SCORES, help="the change score to calibrate (default: the model's)")
     p.add_argument("--copies", type=int, metavar="N",
                    help=f"score N mosaic-like copies of every pair (resampled, shifted, re-exposed, part "
                         f"blanked), 0 = the pairs as they are (default: as recorded with the model's "
@@ -86,7 +92,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         job = ReviewJob(args.before, args.after, args.out, tile_size=args.tile_size, tile_units=args.tile_units,
                         overlap=args.overlap, crs=args.crs, resolution=args.resolution, bands=args.bands,
-                        threshold=args.threshold, caption_all=args.caption_all, min_valid=args.min_valid,
+                        threshold=args.threshold, score=args.score, caption_all=args.caption_all,
+                        min_valid=args.min_valid,
                         max_tiles=args.max_tiles, batch_size=args.batch_size, date_before=args.date_before,
                         date_after=args.date_after)
         plan_review(job)  # refuse a bad plan, an unwritable or busy --out before the model loads
@@ -128,8 +135,8 @@ def calibrate_command(args: argparse.Namespace) -> int:
         return 2
     from ..data.errors import DataError
     from ..data.levircc import read_levircc
-    from ..engine import HEAD_SCORE, Engine
-    from .calibrate import calibrate, store
+    from ..engine import HEAD_SCORE, Engine, EngineError
+    from .calibrate import calibrate, checkpoint_calibration, store
 
     try:
         if args.copies is not None and args.copies < 0:   # before the model loads
@@ -138,21 +145,22 @@ def calibrate_command(args: argparse.Namespace) -> int:
         if not samples:
             raise ReviewError(f"{args.data}: no pairs in split {args.split!r}")
         engine = Engine.load(args.model, device=args.device)
+        score = args.score or engine.change_score
+        config_file = engine.threshold_config_file(score)
         # Defaults: how the model's threshold was calibrated (e.g. by `unirs train change-score`), so a
         # rerun recomputes it.
-        recorded = engine.change_score_config.get(CONFIG_KEY + "_info") or {}
+        recorded = checkpoint_calibration(config_file, score)[1]
         copies = args.copies if args.copies is not None else recorded.get(
-            "copies", HEAD_COPIES if engine.change_score == HEAD_SCORE else 0)
+            "copies", HEAD_COPIES if score == HEAD_SCORE else 0)
         seed = args.seed if args.seed is not None else recorded.get("seed", 0)
         result = calibrate(engine, [(str(s.images[0]), str(s.images[1])) for s in samples],
-                           [bool(s.meta["changeflag"]) for s in samples], copies=copies, seed=seed)
-    except (ReviewError, DataError, OSError) as exc:   # a missing/unreadable pair names its file
+                           [bool(s.meta["changeflag"]) for s in samples], copies=copies, seed=seed, score=score)
+    except (ReviewError, DataError, EngineError, OSError) as exc:   # a missing/unreadable pair names its file
         print(f"unirs calibrate-threshold: error: {exc}", file=sys.stderr)
         return 2
-    path = store(engine.change_score_config_file, result, f"{args.data} ({args.split})",
-                 score=engine.change_score, copies=copies, seed=seed)
+    path = store(config_file, result, f"{args.data} ({args.split})", score=score, copies=copies, seed=seed)
     copied = f" ({copies} mosaic-like copies of each of {len(samples)})" if copies else ""
-    print(f"{engine.change_score} score threshold {result.threshold:.6g}: balanced accuracy "
+    print(f"{score} score threshold {result.threshold:.6g}: balanced accuracy "
           f"{100 * result.balanced_accuracy:.1f} % on {result.changed} changed and {result.unchanged} "
           f"unchanged pairs{copied} -> {path}")
     return 0

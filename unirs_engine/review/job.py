@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any
 
+from .schema import SCORES
+
 # Score at or above which a tile is captioned, for a checkpoint that carries no calibrated threshold
 # (review/calibrate.py); on the scale of 1 - mean cosine similarity of the CEM's before/after features.
 DEFAULT_THRESHOLD = 0.1
@@ -40,10 +42,11 @@ class ReviewJob:
     bands: tuple[int, ...] | None = None   # 1-based, 1 or 3 bands; default RGB rule of inputs/raster.py
     threshold: float | None = None   # tiles with score >= threshold get a caption; None: the model's
                                      #   calibrated threshold (review/calibrate.py), else DEFAULT_THRESHOLD
+    score: str | None = None         # the change score (schema.SCORES); None: the model's default
     caption_all: bool = False        # caption every valid tile
     min_valid: float = 0.5           # fraction of pixels valid in both dates below which a tile is skipped
     max_tiles: int = 100_000         # plan refused above this, message names the count
-    batch_size: int = 8              # tile pairs per forward pass / generate call
+    batch_size: int | None = None    # tile pairs per forward pass / generate call; None: the engine's
     prefetch: int = 2                # batches read ahead (bounded queue)
     date_before: str | None = None   # ISO dates, written into every feature
     date_after: str | None = None
@@ -62,9 +65,11 @@ class ReviewJob:
              f"resolution must be > 0, got {self.resolution}"),
             (self.threshold is not None and not self.threshold >= 0,
              f"threshold must be >= 0, got {self.threshold}"),
+            (self.score is not None and self.score not in SCORES,
+             f"score must be one of {', '.join(SCORES)} or null, got {self.score!r}"),
             (not 0 <= self.min_valid <= 1, f"min_valid must be in [0, 1], got {self.min_valid}"),
             (self.max_tiles < 1, f"max_tiles must be >= 1, got {self.max_tiles}"),
-            (self.batch_size < 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.batch_size is not None and self.batch_size < 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.prefetch < 1, f"prefetch must be >= 1, got {self.prefetch}"),
             (not str(self.out).lower().endswith(".gpkg"), f"out must be a .gpkg file, got {self.out}"),
             *((not _is_iso_date(value), f"{name} must be an ISO date (YYYY-MM-DD), got {value!r}")
@@ -85,7 +90,7 @@ class ReviewJob:
         path = ((str, os.PathLike), "a path")
         expected = {"before": path, "after": path, "out": path,
                     "tile_units": (str, "a string"), "caption_all": (bool, "true or false")}
-        for name in ("crs", "date_before", "date_after", "instruction"):
+        for name in ("crs", "date_before", "date_after", "instruction", "score"):
             expected[name] = ((str, type(None)), "a string or null")
         for name, (kind, what) in expected.items():
             if not isinstance(getattr(self, name), kind):
@@ -93,7 +98,8 @@ class ReviewJob:
         for name, valid, what in (
                 *((n, number, "a number") for n in ("tile_size", "overlap", "min_valid")),
                 *((n, lambda v: v is None or number(v), "a number or null") for n in ("resolution", "threshold")),
-                *((n, whole, "a whole number") for n in ("max_tiles", "batch_size", "prefetch")),
+                *((n, whole, "a whole number") for n in ("max_tiles", "prefetch")),
+                ("batch_size", lambda v: v is None or whole(v), "a whole number or null"),
                 ("bands", lambda v: v is None or isinstance(v, (list, tuple)) and all(whole(b) for b in v),
                  "a list of 1-based band numbers or null")):
             if not valid(getattr(self, name)):
@@ -141,7 +147,7 @@ class ReviewSummary:
     captioned: int
     disagreements: int        # captioned tiles whose caption's statement differs from `changed`
     threshold: float          # the threshold applied (the job's, else the model's)
-    change_score: str         # the score compared with it: "head" or "cem-cosine" (schema.py)
+    change_score: str         # the score compared with it (schema.SCORES)
     cancelled: bool
     elapsed_s: float
     tiles_per_s: float

@@ -28,14 +28,19 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
 
     t0 = time.perf_counter()
     source = "given for this review"
-    if job.threshold is None:  # the model's threshold; stored resolved, so a resume matches
-        threshold, source = engine.change_threshold_with_source
-        job = dataclasses.replace(job, threshold=threshold)
+    try:   # the score and threshold are stored resolved, so that a resume matches
+        job = dataclasses.replace(job, score=engine.resolve_score(job.score),
+                                  batch_size=job.batch_size or engine.batch_size)
+        if job.threshold is None:
+            threshold, source = engine.change_threshold_with_source(job.score)
+            job = dataclasses.replace(job, threshold=threshold)
+    except EngineError as exc:
+        raise ReviewError(str(exc)) from None
     plan = plan_review(job)
     # A pair's features must still be cached when its caption is generated after scoring: before and
     # after, and the gain-matched after the change-score head reads (describe's extra["change_score"]).
     engine.reserve_cache(3 * job.batch_size)
-    store = ReviewStore.open(job, plan, engine.model.model_id, source, engine.change_score)
+    store = ReviewStore.open(job, plan, engine.model.model_id, source, job.score)
     start, cancelled = store.state.next_tile, False
     try:
         if progress:
@@ -65,7 +70,7 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
     return ReviewSummary(run_id=s.run_id, out=str(job.out), total_tiles=plan.total_tiles, done=done,
                          resumed_from=start, skipped_nodata=s.skipped_nodata, skipped_outside=s.skipped_outside,
                          changed=s.changed, captioned=s.captioned, disagreements=s.disagreements,
-                         threshold=job.threshold, change_score=engine.change_score, cancelled=cancelled,
+                         threshold=job.threshold, change_score=job.score, cancelled=cancelled,
                          elapsed_s=elapsed,
                          tiles_per_s=done / elapsed if elapsed > 0 else 0.0)
 
@@ -78,7 +83,7 @@ def _review_pairs(engine, job: ReviewJob, pairs: list[TilePair], is_cancelled: C
 
     if not pairs:
         return []
-    scores = engine.change_scores([(p.before, p.after) for p in pairs])          # B floats
+    scores = engine.change_scores([(p.before, p.after) for p in pairs], job.score)   # B floats
     if pause:
         pause()
     wanted = [i for i, score in enumerate(scores) if job.caption_all or score >= job.threshold]

@@ -11,10 +11,20 @@ look first.
 LAYER = "changes"                   # one polygon per reviewed tile
 RUNS = "unirs_review_runs"          # the job, its change score and threshold, and where it stands
 # RUNS.change_score: which score the tiles' `score` is; the threshold is on that score's scale.
-HEAD_SCORE, COSINE_SCORE = "head", "cem-cosine"
+# A checkpoint gives the first it can: the head (change_score/), the CEM's cosine (a UniRS checkpoint),
+# the vision tower's own cosine (any checkpoint, e.g. VILA-1.5); a review may choose another it can give.
+HEAD_SCORE, COSINE_SCORE, FEATURE_SCORE = "head", "cem-cosine", "feature-cosine"
+SCORES = (HEAD_SCORE, COSINE_SCORE, FEATURE_SCORE)
 SCORE_MEANINGS = {   # what a score says, in the words of the plugin's help and panel
     HEAD_SCORE: "the probability that the tile changed, from the model's change-score head (0 to 1)",
     COSINE_SCORE: "1 − the similarity of the model's before and after features (0 = the same)",
+    FEATURE_SCORE: "1 − the similarity of the vision tower's before and after patch features (0 = the same)",
+}
+# Where a checkpoint keeps the threshold calibrated for each score: (file in the checkpoint, key).
+THRESHOLD_KEYS = {
+    HEAD_SCORE: ("change_score/config.json", "review_change_threshold"),
+    COSINE_SCORE: ("config.json", "review_change_threshold"),
+    FEATURE_SCORE: ("config.json", "review_feature_threshold"),
 }
 VERDICTS = ("confirmed", "rejected")
 CHANGED = "score_above_threshold"   # the rule (see above)

@@ -85,6 +85,8 @@ class TileReader:
     """Iterate TileBatches of `plan` from tile `start`; `with TileReader(...) as r: for b in r: ...`."""
 
     def __init__(self, job: ReviewJob, plan: ReviewPlan, *, start: int, max_side: int):
+        if job.batch_size is None:
+            raise ValueError("TileReader needs the job's batch size (run_review gives it the engine's)")
         self.job, self.plan, self.start, self.max_side = job, plan, start, max_side
         self.queue: queue.Queue = queue.Queue(maxsize=job.prefetch)   # holds <= prefetch batches
         self.tiles_read = 0                                            # tiles read so far (diagnostics)

@@ -132,7 +132,7 @@ def train_change_score(config: ChangeScoreConfig, resume: str | Path | None = No
     # The threshold as `unirs calibrate-threshold` computes it, on the written checkpoint.
     engine = Engine.load(tmp, device="cpu", dtype="float32")
     calibration = calibrate(engine, val_paths, val_flags, copies=config.val_copies, seed=config.seed)
-    store(engine.change_score_config_file, calibration, f"{val_spec.root} ({val_spec.split})",
+    store(engine.threshold_config_file(), calibration, f"{val_spec.root} ({val_spec.split})",
           score=engine.change_score, copies=config.val_copies, seed=config.seed)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

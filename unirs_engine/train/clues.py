@@ -17,8 +17,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .. import prompts
-from ..engine import Engine, EngineError, Request
-from ..types import InputKind, Sample
+from ..engine import Engine, EngineError, GenerateItem, Request
+from ..types import TWO_IMAGE_PAIR, InputKind, Sample, image_slots
 
 
 class ClueError(RuntimeError):
@@ -97,8 +97,8 @@ def _generate_clues(engine: Engine, samples: list[Sample]) -> list[str]:
         except EngineError as exc:
             raise ClueError(f"sample {s.sample_id!r} ({', '.join(map(str, request.inputs))}): {exc}") from exc
         feats = engine._encode(chips, base)                                 # (N, P, D)
-        kind = InputKind.SEQUENCE if s.kind is InputKind.PAIR else s.kind   # a pair: two slots
-        n_slots = feats.shape[0] if kind is InputKind.SEQUENCE else 1
-        message = prompts.user_message(kind, prompts.CLUE_PROMPTS[s.kind], n_slots, task_tag=False)
-        items.append((kind, feats, message))
+        pair_mode = TWO_IMAGE_PAIR if s.kind is InputKind.PAIR else None    # the base VLM: two slots
+        n_slots = image_slots(s.kind, feats.shape[0], pair_mode)
+        message = prompts.user_message(s.kind, prompts.CLUE_PROMPTS[s.kind], n_slots, task_tag=False)
+        items.append(GenerateItem(s.kind, feats, message, pair_mode))
     return Engine._generate(base, items, engine.max_new_tokens)

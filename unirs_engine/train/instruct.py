@@ -14,6 +14,7 @@ from torch import nn
 from ..inputs.preprocess import ImagePreprocessor
 from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..model.unirs import UniRSModel
+from ..types import CEM_PAIR
 from . import loop
 from .config import AlignConfig, ConfigError, InstructConfig, save_config
 from .data import build_mixture, collate, instruction_dataset
@@ -35,7 +36,8 @@ class MultimodalLoss(nn.Module):
         counts = [pixels.shape[0] for pixels in batch["pixel_values"]]
         with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):
             features = self.model.encode_images(torch.cat(batch["pixel_values"]))   # (sum N, P, D)
-            slots = [self.model.visual_slots(f, kind)                              # (n_slots, T, H)
+            # A pair sample is a CEM pair: its prompt has one <image> (pair_as_frames makes it a sequence).
+            slots = [self.model.visual_slots(f, kind, CEM_PAIR)                    # (n_slots, T, H)
                      for f, kind in zip(features.split(counts), batch["kind"])]
         return self.model(batch["input_ids"], slots, batch["labels"])
 

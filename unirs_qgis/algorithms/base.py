@@ -192,7 +192,9 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
                 feedback.pushInfo("Starting the UniRS engine (loading the model)…")
             result = getattr(client, method)(*args, on_progress=on_progress,
                                              is_cancelled=feedback.isCanceled, **kwargs)
-            remember_info(client.info())
+            warning = remember_info(client.info()).get("warning")
+            if warning:   # a large model on the CPU: say what to expect of the next runs
+                feedback.pushWarning(warning)
         except RequestCancelled as e:
             raise QgsProcessingException(CANCELLED) from e
         except (EngineClientError, RuntimeError, ValueError, OSError) as e:

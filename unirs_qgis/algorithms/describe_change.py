@@ -6,7 +6,7 @@ from qgis.core import (QgsProcessing, QgsProcessingParameterExtent, QgsProcessin
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsWkbTypes)
 
 from unirs_qgis.algorithms.base import UniRSAlgorithm, bounds_of, crs_for_engine
-from unirs_qgis.answers import CHANGE_FIELDS, feature_from_result, footprint_crs
+from unirs_qgis.answers import CHANGE_FIELDS, change_details, feature_from_result, footprint_crs
 
 
 class DescribeChangeAlgorithm(UniRSAlgorithm):
@@ -21,7 +21,9 @@ class DescribeChangeAlgorithm(UniRSAlgorithm):
                 "flag and the dates as a feature with the footprint compared. The layers may differ in CRS "
                 "and resolution: the after layer is aligned on the before layer's grid. The dates found, "
                 "and where, are written to the log; when the after layer is the older one the two are "
-                "swapped, with a warning.")
+                "swapped, with a warning. A UniRS model compares the dates through its Change Extraction "
+                "module; a model without one (VILA-1.5) reads them as two images in one prompt. The "
+                "feature's pair_mode says which, score and score_kind give the change score.")
 
     def parameter_help(self) -> dict[str, str]:
         return {"BEFORE": "the older layer",
@@ -59,6 +61,7 @@ class DescribeChangeAlgorithm(UniRSAlgorithm):
             bounds=bounds_of(extent) if extent else None,
             bounds_crs=crs_for_engine(extent_crs) if extent else None)
         feedback.pushInfo(f"Change: {result['answer']}")
+        feedback.pushInfo(change_details(result))
 
         crs = footprint_crs(result)
         feature = feature_from_result(result, CHANGE_FIELDS(), dest_crs=crs,

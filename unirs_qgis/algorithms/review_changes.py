@@ -14,14 +14,14 @@ from pathlib import Path
 
 from osgeo import ogr
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterCrs, QgsProcessingParameterEnum,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition, QgsProcessingParameterCrs, QgsProcessingParameterEnum,
                        QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterVectorDestination, QgsProcessingUtils, QgsProject, QgsRasterLayer,
                        QgsVectorLayer)
 from qgis.PyQt.QtCore import Qt
 
 from unirs_engine.review.job import DEFAULT_THRESHOLD, TILE_UNITS, ReviewJob
-from unirs_engine.review.schema import LAYER, RUNS
+from unirs_engine.review.schema import LAYER, RUNS, SCORE_MEANINGS, SCORES
 from unirs_engine.runtime.paths import unirs_home
 from unirs_qgis.algorithms.base import UniRSAlgorithm, crs_for_engine
 from unirs_qgis.engine_link import get_client
@@ -31,6 +31,7 @@ from unirs_qgis.review_style import ReviewLayerStyler, save_review_style, style_
 
 DEFAULT_MAX_TILES = ReviewJob.__dataclass_fields__["max_tiles"].default
 DEFAULT_OUTPUT_NAME = "review.gpkg"   # becomes review_<before>_<after>.gpkg once the inputs are known
+SCORE_CHOICES = (None, *SCORES)       # the SCORE parameter's options; None: the model's own
 
 # Post-processors must outlive processAlgorithm (QGIS holds them without a Python reference).
 _stylers: dict[str, ReviewLayerStyler] = {}
@@ -85,8 +86,9 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
     def summary(self) -> str:
         return ("Cuts the overlap of two dated mosaics into tiles on a common grid and gives every tile a "
                 "change score: with the demo model and other checkpoints that carry a change-score head, "
-                "the probability that the tile changed (0 to 1); else 1 − the similarity of the model's before "
-                "and after features (0 = the same). "
+                "the probability that the tile changed (0 to 1); else 1 − the similarity of the before and "
+                "after features (0 = the same) of the model's Change Extraction module or, for a model "
+                "without one (VILA-1.5), of its vision tower. "
                 "A tile is <b>changed</b> when its score is at or above the threshold; that one rule decides "
                 "the caption, the colour, the Review tab's list and the counts. The caption's own statement "
                 "is kept in the field caption_says_change, and tiles where it disagrees with the score are "
@@ -104,6 +106,10 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
                 "THRESHOLD": "empty: the threshold learnt from your verdicts for this model, else the one "
                              "calibrated in the model",
                 "CAPTION_ALL": "caption the tiles under the threshold too (they stay unchanged)",
+                "SCORE": "which change score decides: " + "; ".join(f"{name}: {meaning}" for name, meaning
+                                                                    in SCORE_MEANINGS.items())
+                         + ". The model's own is the first it can give, in that order; each score has its "
+                           "own calibrated threshold",
                 "OUTPUT": "the GeoPackage that also keeps your confirm/reject verdicts: by default "
                           "review_&lt;before&gt;_&lt;after&gt;.gpkg beside the project (in your UniRS data "
                           "folder while the project is unsaved); a temporary file loses the verdicts when "
@@ -133,6 +139,10 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
             QgsProcessingParameterNumber.Double, None, optional=True, minValue=0, maxValue=2))
         self.addParameter(QgsProcessingParameterBoolean(
             "CAPTION_ALL", self.tr("Caption every tile"), defaultValue=False))
+        score = QgsProcessingParameterEnum("SCORE", self.tr("Change score"),
+                                           [self.tr("the model's"), *SCORES], defaultValue=0)
+        score.setFlags(score.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(score)
         self.addParameter(QgsProcessingParameterNumber(
             "MAX_TILES", self.tr("Refuse jobs with more tiles than"), QgsProcessingParameterNumber.Integer,
             DEFAULT_MAX_TILES, minValue=1))
@@ -185,6 +195,7 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
             "threshold": (None if parameters.get("THRESHOLD") in (None, "") else
                           self.parameterAsDouble(parameters, "THRESHOLD", context)),
             "caption_all": self.parameterAsBoolean(parameters, "CAPTION_ALL", context),
+            "score": SCORE_CHOICES[self.parameterAsEnum(parameters, "SCORE", context)],
             "max_tiles": self.parameterAsInt(parameters, "MAX_TILES", context),
             "date_before": date_before.toString(Qt.ISODate) if date_before else None,
             "date_after": date_after.toString(Qt.ISODate) if date_after else None,
@@ -224,7 +235,8 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
         uri = f"{out}|layername={LAYER}"
         threshold = applied_threshold(counts)
         feedback.pushInfo(f"{reviewed}/{counts['total_tiles']} tiles reviewed, {counts['changed']} changed "
-                          f"(score ≥ {threshold:.3g}, {counts.get('threshold_source', 'threshold')}), "
+                          f"({counts.get('change_score', '?')} score ≥ {threshold:.3g}, "
+                          f"{counts.get('threshold_source', 'threshold')}), "
                           f"{counts['disagreements']} where the caption disagrees, "
                           f"{counts['skipped_nodata'] + counts['skipped_outside']} skipped (no data)")
         if feedback.isCanceled() or summary.get("cancelled"):

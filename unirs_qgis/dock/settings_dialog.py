@@ -1,23 +1,53 @@
 """The engine settings (model, clue model, worker interpreter, device, mode, answers file, torch index),
-with the engine's runtime: which Python runs the engine and why, *Set up engine…* and *Test engine*."""
+with what the chosen checkpoints hold (checkpoint_info.py: tasks, parameters, expected memory, or the
+loader's reason to refuse one) and the engine's runtime: which Python runs the engine and why,
+*Set up engine…* and *Test engine*."""
 
 from __future__ import annotations
+
+from html import escape
 
 from qgis.core import QgsApplication
 from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFormLayout, QHBoxLayout, QLabel,
+from qgis.PyQt.QtGui import QPalette
+from qgis.PyQt.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFormLayout, QFrame, QHBoxLayout, QLabel,
                                  QLineEdit, QProgressBar, QPushButton)
 
+from unirs_engine.checkpoint_info import (CheckpointError, CheckpointInfo, default_model_dir, describe, headline,
+                                          inspect_checkpoint)
 from unirs_engine.runtime.check import summary
 
 from ..engine_runtime import CheckEngineTask, SetupEngineTask, engine_status, start_setup
-from ..settings import DEVICES, MODES, PluginSettings, checkpoint_problem
+from ..settings import DEVICES, MODES, PluginSettings
 from .engine_banner import SETUP_TOOLTIP
 
 RESOLUTION_HELP = ("The engine's Python is the first of: this setting, the UNIRS_ENGINE_PYTHON environment "
                    "variable, the managed engine environment (Set up engine…), and in a repository checkout "
                    "its .venv.")
+# Expected memory is shown for the devices the Device setting may run on ("auto": CUDA when present).
+MEMORY_DEVICES = {"auto": ("cpu", "cuda"), "cpu": ("cpu",), "cuda": ("cuda",)}
+PROBLEM_STYLE = "QLabel { color: #b00020; }"
+
+
+class _Panel(QLabel):
+    """A word-wrapped label that keeps the height its text needs at its width: a dialog's layout sizes
+    it by its minimum size hint only, which would clip the wrapped lines."""
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setMinimumHeight(self.heightForWidth(self.width()))
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self.setMinimumHeight(self.heightForWidth(self.width()))
+
+
+def _table(lines: list[str]) -> str:
+    """describe()'s "Label: text" lines as a two-column table."""
+    rows = "".join(f"<tr><td style='padding-right: 8px'><b>{escape(label)}</b></td><td>{escape(text)}</td></tr>"
+                   for label, _, text in (line.partition(": ") for line in lines))
+    return f"<table cellspacing='0' cellpadding='1'>{rows}</table>"
 
 
 class SettingsDialog(QDialog):
@@ -26,7 +56,7 @@ class SettingsDialog(QDialog):
     def __init__(self, settings: PluginSettings, parent=None):
         super().__init__(parent)
         self.setWindowTitle("UniRS settings")
-        self.setMinimumWidth(560)
+        self.setMinimumWidth(820)
         self._clue = settings.clue      # edited in the dock itself
         self._task: CheckEngineTask | SetupEngineTask | None = None
 
@@ -40,10 +70,13 @@ class SettingsDialog(QDialog):
         self.clue_model_dir.lineEdit().setPlaceholderText("none: Clue from base model stays off")
         self.clue_model_dir.setToolTip("A base VLM checkpoint (VILA-1.5 layout) that writes a clue before "
                                        "each answer when Clue from base model is ticked")
-        self.checkpoint_problems = QLabel()
-        self.checkpoint_problems.setWordWrap(True)
-        self.checkpoint_problems.setStyleSheet("color: #b00020")
-        self.checkpoint_problems.hide()
+        # What each folder holds, or in red why the loader would refuse it (read-only).
+        self.model_info = _Panel()
+        self.clue_info = _Panel()
+        for panel in (self.model_info, self.clue_info):
+            panel.setWordWrap(True)
+            panel.setTextInteractionFlags(Qt.TextSelectableByMouse)
+            panel.setBackgroundRole(QPalette.Base)
         self.python = QgsFileWidget()
         self.python.setFilePath(settings.python)
         self.python.lineEdit().setPlaceholderText("default: UNIRS_ENGINE_PYTHON, else the managed environment")
@@ -88,8 +121,9 @@ class SettingsDialog(QDialog):
 
         form = QFormLayout(self)
         form.addRow("Model directory", self.model_dir)
+        form.addRow("", self.model_info)
         form.addRow("Clue model directory", self.clue_model_dir)
-        form.addRow(self.checkpoint_problems)
+        form.addRow("", self.clue_info)
         form.addRow("Worker Python", self.python)
         form.addRow("Engine Python", self.engine_python)
         form.addRow("Device", self.device)
@@ -109,6 +143,7 @@ class SettingsDialog(QDialog):
         self.mode.currentTextChanged.connect(self.show_engine_python)
         self.model_dir.fileChanged.connect(self.check_model_dirs)
         self.clue_model_dir.fileChanged.connect(self.check_model_dirs)
+        self.device.currentTextChanged.connect(self.check_model_dirs)
         self.show_engine_python()
         self.check_model_dirs()
 
@@ -122,15 +157,49 @@ class SettingsDialog(QDialog):
                               clue_model_dir=self.clue_model_dir.filePath().strip())
 
     def check_model_dirs(self, *_) -> list[str]:
-        """The two checkpoint folders checked the same way (the layout the engine loads); the problems
-        are shown under them and returned."""
-        problems = [f"{label}: {problem}" for label, widget in (("Model directory", self.model_dir),
-                                                                ("Clue model directory", self.clue_model_dir))
-                    if widget.filePath().strip()
-                    and (problem := checkpoint_problem(widget.filePath().strip()))]
-        self.checkpoint_problems.setText("\n".join(problems))
-        self.checkpoint_problems.setVisible(bool(problems))
+        """Inspects the two checkpoint folders as the engine's loader does before loading (no torch:
+        instant) and shows what each holds, or the loader's reason to refuse it in red. Returns the
+        problems of the folders typed in (an empty model field shows the default model, which
+        this dialog cannot fix)."""
+        problems = []
+        model = self.model_dir.filePath().strip()
+        info = self._inspect(self.model_info, model or default_model_dir())
+        if isinstance(info, str):
+            problems += [f"Model directory: {info}"] if model else []
+        else:
+            lines = describe(info, MEMORY_DEVICES[self.device.currentText()])
+            if not model:
+                lines[0] = lines[0].replace("Model:", "Default model:", 1)
+            self.model_info.setText(_table(lines))
+        clue = self.clue_model_dir.filePath().strip()
+        self.clue_info.setVisible(bool(clue))
+        if clue:
+            info = self._inspect(self.clue_info, clue)
+            if isinstance(info, str):
+                problems.append(f"Clue model directory: {info}")
+            else:
+                self.clue_info.setText(escape(headline(info)))
         return problems
+
+    @staticmethod
+    def _inspect(panel: QLabel, folder) -> CheckpointInfo | str:
+        """The folder's CheckpointInfo with `panel` styled for it, or the loader's line shown in red."""
+        try:
+            info = inspect_checkpoint(folder)
+        except CheckpointError as exc:
+            problem = str(exc)
+        else:
+            problem = None
+        # A framed panel on the base colour, or red text. Frame and margin, not a style sheet's
+        # border and padding: QLabel sizes its wrapped text without the latter, and would clip it.
+        panel.setStyleSheet(PROBLEM_STYLE if problem else "")
+        panel.setFrameShape(QFrame.NoFrame if problem else QFrame.StyledPanel)
+        panel.setMargin(0 if problem else 4)
+        panel.setAutoFillBackground(not problem)
+        panel.setTextFormat(Qt.PlainText if problem else Qt.RichText)
+        if problem:
+            panel.setText(problem)
+        return problem or info
 
     def show_engine_python(self, *_) -> None:
         """Which Python the engine would run with now, and which rule chose it (no probe: instant)."""

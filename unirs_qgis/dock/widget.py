@@ -16,9 +16,10 @@ from qgis.PyQt.QtWidgets import (QAbstractItemView, QCheckBox, QFormLayout, QHBo
                                  QWidget)
 
 from .. import answers_store
+from ..answers import change_details
 from ..answers_store import answers_of
 from ..dates import DatedPair, dated_pair, layer_date, order_by_date, undated_warning
-from ..engine_link import engine_key
+from ..engine_link import engine_key, last_info
 from ..settings import PluginSettings
 from .engine_banner import EngineBanner
 from .history import AnswerHistoryModel
@@ -401,6 +402,10 @@ class UniRSDockWidget(QgsDockWidget):
         self._set_busy(False)
         if task.engine_text:
             self.engine_label.setText(f"Engine: {task.engine_text}")
+            warning = (last_info() or {}).get("warning")
+            self.engine_label.setToolTip(warning or "")
+            if warning and task.started_engine and self.iface is not None:
+                self.iface.messageBar().pushMessage(TITLE, warning, Qgis.Warning, 15)
         answer_s = task.answer_seconds()
         if answer_s is not None:
             self._durations.append(answer_s)
@@ -411,8 +416,9 @@ class UniRSDockWidget(QgsDockWidget):
             self.warn(task.error)
             self.engine_banner.refresh()   # e.g. the engine is not set up: the banner offers the fix
         elif task.record is not None:
+            details = [change_details(task.record)] if task.record["task"] == "change" else []
             self.status_label.setText("\n".join([f"{task.record['question']}\n→ {task.record['answer']}",
-                                                 *notices]))
+                                                 *details, *notices]))
             self.refresh_history()
         else:
             self.status_label.setText("Cancelled.")
