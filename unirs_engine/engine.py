@@ -145,9 +145,10 @@ class _LRU(OrderedDict):
         super().__init__()
         self.capacity = capacity
 
-    def get(self, key):
+    def get(self, key, default=None):
+        """dict.get that also marks `key` as the most recently used."""
         if key not in self:
-            return None
+            return default
         self.move_to_end(key)
         return self[key]
 

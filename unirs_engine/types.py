@@ -16,9 +16,9 @@ import numpy as np
 class InputKind(str, Enum):
     """How the visual input is routed through the model (never guessed from a frame count)."""
 
-    IMAGE = "image"        # one image -> projector -> 196 tokens in one <image> slot
+    IMAGE = "image"        # one image -> projector -> T tokens in one <image> slot (T = 196 at 384 px)
     PAIR = "pair"          # before/after -> (see PAIR_MODES) -> one or two <image> slots
-    SEQUENCE = "sequence"  # N frames (video or dated stack) -> N x 196 tokens in N slots
+    SEQUENCE = "sequence"  # N frames (video or dated stack) -> N x T tokens in N slots
 
 
 # How a pair reaches the LLM. CEM_PAIR: the Change Extraction module fuses the dates into one slot

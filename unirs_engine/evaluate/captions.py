@@ -1,7 +1,7 @@
 """Change-caption scores: BLEU-1..4, METEOR, ROUGE-L and CIDEr-D from pycocoevalcap, word level.
 
-Text is normalised as model-architecture.md §4.2 recommends for LLM output (no PTBTokenizer):
-lowercase, drop ".", split "," and ";" off as tokens, split on whitespace. Scores are fractions
+Text is normalised for LLM output without the PTBTokenizer (a Java dependency, and its rules were made
+for human captions): lowercase, drop ".", split "," and ";" off as tokens, split on whitespace. Scores are fractions
 (CIDEr-D about 0..10); papers print them x100.
 """
 

@@ -39,9 +39,13 @@ class ImagePreprocessor:
         self.pad_rgb = tuple(int(m * 255) for m in processor.image_mean)
 
     @classmethod
+    def for_config(cls, processor: SiglipImageProcessorPil, config: dict) -> "ImagePreprocessor":
+        """With the aspect-ratio rule of a checkpoint's top-level config (VILA's unset means plain resize)."""
+        return cls(processor, config.get("image_aspect_ratio") or "resize")
+
+    @classmethod
     def from_checkpoint(cls, ckpt_dir: str | Path) -> "ImagePreprocessor":
-        """From `ckpt_dir/config.json` (image_aspect_ratio; VILA's unset means plain resize) and
-        `ckpt_dir/vision_tower/preprocessor_config.json`."""
+        """From `ckpt_dir/config.json` (for_config) and `ckpt_dir/vision_tower/preprocessor_config.json`."""
         ckpt_dir = Path(ckpt_dir)
         config_path = ckpt_dir / "config.json"
         try:
@@ -52,8 +56,7 @@ class ImagePreprocessor:
         if not (processor_dir / "preprocessor_config.json").is_file():
             raise ValueError(f"{processor_dir / 'preprocessor_config.json'}: missing (expected the SigLIP "
                              f"image processor config of the checkpoint)")
-        processor = SiglipImageProcessorPil.from_pretrained(processor_dir)
-        return cls(processor, config.get("image_aspect_ratio") or "resize")
+        return cls.for_config(SiglipImageProcessorPil.from_pretrained(processor_dir), config)
 
     @property
     def size(self) -> int:

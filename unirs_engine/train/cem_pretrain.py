@@ -174,8 +174,7 @@ def train_cem(config: CemConfig, resume: str | Path | None = None) -> Path:
                                                                model.vision_tower.grid)
     samples = pair_samples(config)
     vocab = WordVocab.build((c for s in samples for c in s.references), config.min_word_count)
-    preprocessor = ImagePreprocessor(loaded.image_processor,
-                                     model.config.get("image_aspect_ratio") or "resize")
+    preprocessor = ImagePreprocessor.for_config(loaded.image_processor, model.config)
     dataset = CaptionPairDataset(samples, vocab, preprocessor, config.max_caption_length,
                                  skip_log=out / "skipped.jsonl")
     captioner = ChangeCaptioner(model.vision_tower, model.mm_projector.layers["change"],

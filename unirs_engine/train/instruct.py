@@ -51,7 +51,7 @@ def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSMod
               image_processor, *, train_vision: bool, task_tag: bool, resume: str | Path | None) -> Path:
     """The LLM-loss training both instruct and align run; writes out/checkpoint and returns it."""
     out = loop.prepare_out(config, accelerator)
-    preprocessor = ImagePreprocessor(image_processor, model.config.get("image_aspect_ratio") or "resize")
+    preprocessor = ImagePreprocessor.for_config(image_processor, model.config)
     dataset = build_mixture(config.data, lambda spec: instruction_dataset(
         spec, tokenizer, preprocessor, tokens_per_slot=tokens_per_slot(model),
         max_length=config.max_length, num_frames=config.num_frames, task_tag=task_tag,

@@ -127,12 +127,12 @@ class UniRSDockWidget(QgsDockWidget):
                                               "Enter asks; Shift+Enter starts a new line")
         self.question_edit.setMaximumHeight(70)
         self.ask_button = QPushButton("Ask")
-        ask_page = QWidget()
-        ask_form = QFormLayout(ask_page)
+        self.ask_page = QWidget()
+        ask_form = QFormLayout(self.ask_page)
         ask_form.addRow("Layer", self.layer_combo)
         ask_form.addRow("Question", self.question_edit)
         ask_form.addRow(self.ask_button)
-        self.tabs.addTab(ask_page, "Ask")
+        self.tabs.addTab(self.ask_page, "Ask")
 
         self.before_combo = _raster_combo()
         self.after_combo = _raster_combo()
@@ -145,8 +145,8 @@ class UniRSDockWidget(QgsDockWidget):
         self.instruction_edit = QLineEdit()
         self.instruction_edit.setPlaceholderText("optional: your own instruction")
         self.change_button = QPushButton("Describe change")
-        change_page = QWidget()
-        change_form = QFormLayout(change_page)
+        self.change_page = QWidget()
+        change_form = QFormLayout(self.change_page)
         change_form.addRow("Before", self.before_combo)
         change_form.addRow(BEFORE_DATE, self.before_date)
         change_form.addRow("After", self.after_combo)
@@ -154,17 +154,17 @@ class UniRSDockWidget(QgsDockWidget):
         change_form.addRow("", self.order_button)
         change_form.addRow("Instruction", self.instruction_edit)
         change_form.addRow(self.change_button)
-        self.tabs.addTab(change_page, "Change")
+        self.tabs.addTab(self.change_page, "Change")
 
         self.stack_list = QListWidget()
         self.stack_list.setToolTip("Tick the frames of the sequence; they are sent oldest first "
                                    "(over the canvas extent when Use canvas extent is ticked).")
         self.classify_button = QPushButton("Classify event")
-        stack_page = QWidget()
-        stack_layout = QVBoxLayout(stack_page)
+        self.stack_page = QWidget()
+        stack_layout = QVBoxLayout(self.stack_page)
         stack_layout.addWidget(self.stack_list)
         stack_layout.addWidget(self.classify_button)
-        self.tabs.addTab(stack_page, "Sequence")
+        self.tabs.addTab(self.stack_page, "Sequence")
         self.review_panel = ReviewPanel(self.iface)
         self.tabs.addTab(self.review_panel, "Review")
         layout.addWidget(self.tabs)
@@ -475,12 +475,12 @@ class UniRSDockWidget(QgsDockWidget):
     def history_layer(self) -> QgsRasterLayer | None:
         """The layer whose history is shown: the one in focus on the current tab (on Sequence: the
         selected frame, else the first ticked one)."""
-        page = self.tabs.currentIndex()
-        if page == 0:
+        page = self.tabs.currentWidget()
+        if page is self.ask_page:
             return self.layer_combo.currentLayer()
-        if page == 1:
+        if page is self.change_page:
             return self.after_combo.currentLayer()
-        if page != 2:  # the Review tab has no answer history
+        if page is not self.stack_page:  # the Review tab has no answer history
             return None
         item = self.stack_list.currentItem()
         if item is not None:
