@@ -20,6 +20,7 @@ from qgis.PyQt.QtCore import QDate, pyqtSignal
 from unirs_engine.worker.client import EngineClientError
 
 from .. import annotations, engine_link
+from ..algorithms.base import bounds_of, crs_for_engine
 from ..layer_source import LayerReadError, raster_path_for_engine
 from ..settings import PluginSettings
 
@@ -42,11 +43,6 @@ class Job:
     extent_crs: QgsCoordinateReferenceSystem | None = None
     dates: list[QDate | None] = field(default_factory=list)   # of the layers; [] = their own
     view: QgsMapSettings | None = None        # the canvas when asked: places the map note
-
-
-def _crs_for_engine(crs: QgsCoordinateReferenceSystem) -> str:
-    """A CRS string rasterio.crs.CRS.from_user_input accepts."""
-    return crs.authid() if crs.authid().startswith("EPSG:") else crs.toWkt()
 
 
 class EngineTask(QgsTask):
@@ -116,9 +112,8 @@ class EngineTask(QgsTask):
         if job.op == "classify":
             return client.classify_sequence(paths, **common)
         if job.extent is not None and job.extent_crs is not None:
-            common["bounds"] = (job.extent.xMinimum(), job.extent.yMinimum(),
-                                job.extent.xMaximum(), job.extent.yMaximum())
-            common["bounds_crs"] = _crs_for_engine(job.extent_crs)
+            common["bounds"] = bounds_of(job.extent)
+            common["bounds_crs"] = crs_for_engine(job.extent_crs)
         if job.op == "change":
             return client.describe_change(paths[0], paths[1], instruction=job.instruction, **common)
         return client.ask(paths[0], job.question, **common)
