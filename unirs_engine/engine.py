@@ -27,7 +27,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import prompts, sizing
-from .checkpoint_info import inspect_checkpoint, request_memory
+from .checkpoint_info import request_memory
 from .inputs.pair import read_pair
 from .inputs.preprocess import ImagePreprocessor
 from .inputs.raster import MAX_READ_PIXELS, read_chip
@@ -251,12 +251,11 @@ class Engine:
         # Window reads of unchanged files: (kind, file stamps, region) -> chips. Few: a chip is up to
         # 2 x 1024^2 x bands bytes.
         self._reads = _LRU(READ_CACHE_SIZE)
-        self.checkpoint = inspect_checkpoint(model.path)   # what its files hold (tasks, scores, sizes)
-        self.parameters = sum(p.numel() for p in model.model.parameters())
         # Requests per generate call: as many of the heaviest kind (a sequence) as the free memory holds.
         self.batch_size = _positive_int("batch_size", batch_size) if batch_size is not None else \
             sizing.default_batch_size(sizing.free_memory(torch.device(model.device)), self._request_bytes())
-        self.warning = sizing.cpu_warning(model.model_id, self.parameters, str(model.dtype).removeprefix("torch.")) \
+        self.warning = sizing.cpu_warning(model.model_id, model.checkpoint.total_parameters,
+                                          str(model.dtype).removeprefix("torch.")) \
             if torch.device(model.device).type == "cpu" else None
 
     @classmethod
@@ -395,7 +394,7 @@ class Engine:
     def change_scores_available(self) -> list[str]:
         """The change scores this model can give, best first (checkpoint_info's rule): its change-score
         head's (change_score/), its CEM's cosine (a UniRS checkpoint), its vision tower's cosine (any)."""
-        return self.checkpoint.change_scores
+        return self.model.checkpoint.change_scores
 
     def threshold_config_file(self, score: str | None = None) -> Path:
         """The config file that keeps the threshold calibrated for `score` (review/schema.py's
@@ -443,7 +442,7 @@ class Engine:
         sequence of num_frames slots, its text and its answer."""
         _, per_slot, _ = self._context_sizes(self.model)
         tokens = self.num_frames * per_slot + sizing.PLANNED_TEXT_TOKENS + self.max_new_tokens
-        need = request_memory(self.checkpoint, str(self.model.dtype), tokens)
+        need = request_memory(self.model.checkpoint, str(self.model.dtype), tokens)
         return sum(need.values())
 
     @contextmanager

@@ -27,9 +27,9 @@ from transformers import (LlamaConfig, LlamaForCausalLM, SiglipImageProcessorPil
                           SiglipVisionModel)
 from transformers.utils import logging as transformers_logging
 
-from ..checkpoint_info import (DTYPE_ALIASES, IGNORED_TENSORS, INDEX_FILE,
-                               VILA_PROJECTOR_KEY, CheckpointError, TensorHeader, default_dtype, dtype_name,
-                               inspect_checkpoint, read_json, read_weights)
+from ..checkpoint_info import (DTYPE_ALIASES, IGNORED_TENSORS, INDEX_FILE, VILA_PROJECTOR_KEY, CheckpointError,
+                               CheckpointInfo, TensorHeader, default_dtype, dtype_name, inspect_checkpoint,
+                               read_json, read_weights)
 from .change_score import FOLDER as CHANGE_SCORE_FOLDER, ChangeScoreHead
 from .factory import PROJECTOR_CFG
 from .projector import MultimodalProjector
@@ -50,6 +50,7 @@ class LoadedModel:
     path: Path
     device: torch.device
     dtype: torch.dtype
+    checkpoint: CheckpointInfo              # what its files hold (checkpoint_info.inspect_checkpoint)
     change_head: ChangeScoreHead | None = None   # change_score/ when the checkpoint has one
     change_head_config: dict[str, Any] | None = None   # its config.json (architecture, threshold, training)
 
@@ -210,8 +211,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None,
         head, head_config = _load_change_head(path / CHANGE_SCORE_FOLDER, tower.hidden_size)
         head = head.to(dev)   # float32 whatever the model's dtype: it is tiny
     return LoadedModel(model=model, tokenizer=tokenizer, image_processor=image_processor,
-                       model_id=info.model_id, path=path,
-                       device=dev, dtype=dt, change_head=head, change_head_config=head_config)
+                       model_id=info.model_id, path=path, device=dev, dtype=dt, checkpoint=info,
+                       change_head=head, change_head_config=head_config)
 
 
 # ---- saving -----------------------------------------------------------------------------------

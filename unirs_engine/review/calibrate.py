@@ -6,11 +6,11 @@ before/after maps, or of the vision tower's patch features; Engine.change_score 
 gives by default) have no common scale across models and scores. So each checkpoint carries its own
 threshold per score, chosen on LEVIR-CC-format pairs (changeflag 0/1) to maximise balanced accuracy,
 where schema.THRESHOLD_KEYS says (the head's in change_score/config.json, the others in config.json).
-The head's is chosen on mosaic-like copies of the pairs (augment.py), since that is what reviews read. An analyst's confirmed/rejected tiles of a
-review are such labelled pairs too: a threshold fitted to them is stored in the user's data folder
-(UNIRS_HOME/thresholds.json, by model id and score; the checkpoint folder may be read-only or replaced
-by a plugin update) and wins over the checkpoint's. A review without an explicit threshold uses the
-first of: the user's, the checkpoint's, the default.
+The head's is chosen on mosaic-like copies of the pairs (augment.py), since that is what reviews read.
+An analyst's confirmed/rejected tiles of a review are such labelled pairs too: a threshold fitted to
+them is stored in the user's data folder (UNIRS_HOME/thresholds.json, by model id and score; the
+checkpoint folder may be read-only or replaced by a plugin update) and wins over the checkpoint's.
+A review without an explicit threshold uses the first of: the user's, the checkpoint's, the default.
 No rasterio or torch here: the QGIS plugin calls it in-process.
 """
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from osgeo import ogr
 from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutputNumber,
-                       QgsProcessingParameterBoolean, QgsProcessingParameterDefinition, QgsProcessingParameterCrs, QgsProcessingParameterEnum,
-                       QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
+                       QgsProcessingParameterBoolean, QgsProcessingParameterCrs, QgsProcessingParameterDefinition,
+                       QgsProcessingParameterEnum, QgsProcessingParameterNumber, QgsProcessingParameterRasterLayer,
                        QgsProcessingParameterVectorDestination, QgsProcessingUtils, QgsProject, QgsRasterLayer,
                        QgsVectorLayer)
 from qgis.PyQt.QtCore import Qt
