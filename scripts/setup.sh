@@ -37,8 +37,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log=.venv/pip.log
   pip_install() { .venv/bin/pip install -q --disable-pip-version-check -c "$constraints" "$@" >>"$log" 2>&1 \
     || { grep -v "is ignored" "$log" | tail -20 >&2; echo "[setup] pip install $* failed" >&2; exit 1; }; }
-  pip_install -e ".[eval,train,test]"
-  .venv/bin/python -c "import torch, transformers, rasterio, av, qgis.core" \
+  pip_install -e ".[eval,train,test,distributed]"
+  .venv/bin/python -c "import torch, transformers, rasterio, av, ray, qgis.core" \
     || { echo "[setup] the venv is incomplete" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi

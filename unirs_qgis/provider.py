@@ -9,6 +9,7 @@ from unirs_qgis import ICON_PATH
 from unirs_qgis.algorithms.ask import AskAlgorithm
 from unirs_qgis.algorithms.classify_sequence import ClassifySequenceAlgorithm
 from unirs_qgis.algorithms.describe_change import DescribeChangeAlgorithm
+from unirs_qgis.algorithms.review_archive import ReviewArchiveAlgorithm
 from unirs_qgis.algorithms.review_changes import ReviewChangesAlgorithm
 from unirs_qgis.algorithms.setup_engine import SetupEngineAlgorithm
 
@@ -31,5 +32,5 @@ class UniRSProvider(QgsProcessingProvider):
 
     def loadAlgorithms(self) -> None:  # noqa: N802
         for algorithm in (AskAlgorithm(), DescribeChangeAlgorithm(), ClassifySequenceAlgorithm(),
-                          ReviewChangesAlgorithm(), SetupEngineAlgorithm()):
+                          ReviewChangesAlgorithm(), ReviewArchiveAlgorithm(), SetupEngineAlgorithm()):
             self.addAlgorithm(algorithm)

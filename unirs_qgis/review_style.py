@@ -131,15 +131,17 @@ def save_review_style(layer: QgsVectorLayer) -> None:
 
 
 class ReviewLayerStyler(QgsProcessingLayerPostProcessorInterface):
-    """Styles the review output when Processing loads it into the project."""
+    """Styles the review output when Processing loads it into the project, and names it `name`
+    (default: review_layer_name)."""
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float, name: str | None = None):
         super().__init__()
         self.threshold = threshold
+        self.name = name
 
     def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 (QGIS hook)
         if isinstance(layer, QgsVectorLayer):
-            layer.setName(review_layer_name(layer.source()))
+            layer.setName(self.name or review_layer_name(layer.source()))
             style_review_layer(layer, self.threshold)
 
 

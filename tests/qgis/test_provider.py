@@ -24,6 +24,9 @@ ALGORITHMS = {
     "unirs:review_changes": ("Review changes between dated mosaics",
                              ["BEFORE", "AFTER", "DATE_BEFORE", "DATE_AFTER", "TILE_SIZE", "TILE_UNITS", "OVERLAP",
                               "CRS", "RESOLUTION", "THRESHOLD", "CAPTION_ALL", "SCORE", "MAX_TILES", "OUTPUT"]),
+    "unirs:review_archive": ("Review an archive of dated mosaic pairs",
+                             ["MANIFEST", "OUTPUT_FOLDER", "TILE_SIZE", "TILE_UNITS", "THRESHOLD", "CAPTION_ALL",
+                              "MAX_TILES", "RAY", "ACTORS"]),
     "unirs:setup_engine": ("Set up the UniRS engine", ["CHECK_ONLY", "FORCE", "TORCH_INDEX_URL"]),
 }
 

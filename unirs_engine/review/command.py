@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import signal
 import sys
@@ -11,8 +13,8 @@ import threading
 
 from ..argtypes import positive_int
 from .calibrate import HEAD_COPIES, MIN_VERDICTS
-from .job import DEFAULT_THRESHOLD, ReviewError, ReviewJob
-from .schema import SCORE_MEANINGS, SCORES
+from .job import DEFAULT_THRESHOLD, TILE_UNITS, ReviewError, ReviewJob
+from .schema import ARCHIVE_SUMMARY, SCORE_MEANINGS, SCORES
 
 EXIT_CANCELLED = 130  # the shell's code for "stopped by Ctrl-C"
 
@@ -27,34 +29,30 @@ def register(subparsers) -> None:
     p.add_argument("before", help="earlier mosaic (any georeferenced raster GDAL reads)")
     p.add_argument("after", help="later mosaic (any CRS/resolution)")
     p.add_argument("--out", required=True, metavar="OUT.gpkg", help="GeoPackage to create or resume")
-    p.add_argument("--tile-size", type=float, default=256, help="tile side (default 256)")
-    p.add_argument("--tile-units", choices=("pixels", "map"), default="pixels",
-                   help="--tile-size/--overlap in grid pixels or grid CRS units (default pixels)")
-    p.add_argument("--overlap", type=float, default=0.0, help="tile overlap, same units (default 0)")
-    p.add_argument("--crs", help="common grid CRS, e.g. EPSG:32633 (default: BEFORE's)")
-    p.add_argument("--resolution", type=float, help="common grid pixel size in CRS units (default: BEFORE's)")
-    p.add_argument("--bands", type=positive_int, nargs="+", help="1-based bands for R G B (or one for grey)")
-    p.add_argument("--threshold", type=float,
-                   help="change score at or above which a tile is captioned (default: the threshold "
-                        f"calibrated for the model, else {DEFAULT_THRESHOLD})")
-    p.add_argument("--score", choices=SCORES, help="the change score to decide by: " + "; ".join(
-        f"{name}: {meaning}" for name, meaning in SCORE_MEANINGS.items()) + " (default: the first the model "
-        "gives, in that order; a checkpoint without a Change Extraction module, e.g. VILA-1.5, gives only "
-        "feature-cosine)")
-    p.add_argument("--caption-all", action="store_true", help="caption every valid tile")
-    p.add_argument("--min-valid", type=float, default=0.5,
-                   help="fraction of a tile's pixels with data in both dates below which it is skipped; "
-                        "pixels without data in either date are blanked in both (default 0.5)")
-    p.add_argument("--max-tiles", type=positive_int, default=100_000,
-                   help="refuse a plan with more tiles (default 100000)")
-    p.add_argument("--batch-size", type=positive_int,
-                   help="tile pairs per forward pass (default: as many as the free memory holds, at most 8)")
     p.add_argument("--date-before", help="ISO date of BEFORE, written into every feature")
     p.add_argument("--date-after", help="ISO date of AFTER")
-    p.add_argument("--model", metavar="DIR", help="UniRS checkpoint (default: $UNIRS_MODEL, else the demo model)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--extent", type=float, nargs=4, metavar=("LEFT", "BOTTOM", "RIGHT", "TOP"),
+                   help="review only this part of the overlap, in the grid CRS")
+    _add_job_options(p)
     p.set_defaults(func=run_command)
+
+    p = subparsers.add_parser(
+        "review-archive", help="review every dated mosaic pair of a manifest, in this process or on a Ray cluster",
+        description="Reviews each pair of MANIFEST (CSV or JSON: before, after, optional name, date_before, "
+                    "date_after, extent) into OUT/<name>.gpkg, the GeoPackage `unirs review` writes, and "
+                    f"OUT/{ARCHIVE_SUMMARY} (per pair: status, tiles, changed, skipped, time). With --ray, tile "
+                    "batches go to a pool of model actors on the cluster (one per GPU, else one per CPU); this "
+                    "process writes every GeoPackage. Rerun the same command to resume every pair at its first "
+                    "unfinished tile; a pair that cannot be read is reported and the rest go on.")
+    p.add_argument("manifest", help="CSV or JSON list of pairs; relative paths are from its folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of the pairs' GeoPackages and the summary")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="review on Ray: auto (the running cluster), local (start one here) or ray://host:10001; "
+                        "needs `pip install unirs[distributed]` (default: in this process)")
+    p.add_argument("--actors", type=positive_int,
+                   help="model actors on Ray (default: one per GPU of the cluster, else one per CPU)")
+    _add_job_options(p)
+    p.set_defaults(func=archive_command)
 
     p = subparsers.add_parser(
         "calibrate-threshold", help="calibrate a model's change-score threshold on labelled pairs",
@@ -82,6 +80,44 @@ def register(subparsers) -> None:
     p.set_defaults(func=calibrate_command)
 
 
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    """The options `review` and `review-archive` share, with ReviewJob's defaults."""
+    default = {f.name: f.default for f in dataclasses.fields(ReviewJob)}
+    p.add_argument("--tile-size", type=float, default=default["tile_size"],
+                   help=f"tile side (default {default['tile_size']:g})")
+    p.add_argument("--tile-units", choices=TILE_UNITS, default=default["tile_units"],
+                   help="--tile-size/--overlap in grid pixels or grid CRS units (default pixels)")
+    p.add_argument("--overlap", type=float, default=default["overlap"], help="tile overlap, same units (default 0)")
+    p.add_argument("--crs", help="common grid CRS, e.g. EPSG:32633 (default: BEFORE's)")
+    p.add_argument("--resolution", type=float, help="common grid pixel size in CRS units (default: BEFORE's)")
+    p.add_argument("--bands", type=positive_int, nargs="+", help="1-based bands for R G B (or one for grey)")
+    p.add_argument("--threshold", type=float,
+                   help="change score at or above which a tile is captioned (default: the threshold "
+                        f"calibrated for the model, else {DEFAULT_THRESHOLD})")
+    p.add_argument("--score", choices=SCORES, help="the change score to decide by: " + "; ".join(
+        f"{name}: {meaning}" for name, meaning in SCORE_MEANINGS.items()) + " (default: the first the model "
+        "gives, in that order; a checkpoint without a Change Extraction module, e.g. VILA-1.5, gives only "
+        "feature-cosine)")
+    p.add_argument("--caption-all", action="store_true", help="caption every valid tile")
+    p.add_argument("--min-valid", type=float, default=default["min_valid"],
+                   help="fraction of a tile's pixels with data in both dates below which it is skipped; "
+                        f"pixels without data in either date are blanked in both (default {default['min_valid']})")
+    p.add_argument("--max-tiles", type=positive_int, default=default["max_tiles"],
+                   help=f"refuse a plan with more tiles (default {default['max_tiles']})")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="tile pairs per forward pass (default: as many as the free memory holds, at most 8)")
+    p.add_argument("--model", metavar="DIR", help="UniRS checkpoint (default: $UNIRS_MODEL, else the demo model)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def _job_options(args: argparse.Namespace) -> dict:
+    return dict(tile_size=args.tile_size, tile_units=args.tile_units, overlap=args.overlap, crs=args.crs,
+                resolution=args.resolution, bands=args.bands, threshold=args.threshold, score=args.score,
+                caption_all=args.caption_all, min_valid=args.min_valid, max_tiles=args.max_tiles,
+                batch_size=args.batch_size)
+
+
 def run_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -90,12 +126,8 @@ def run_command(args: argparse.Namespace) -> int:
     from .store import check_writable
 
     try:
-        job = ReviewJob(args.before, args.after, args.out, tile_size=args.tile_size, tile_units=args.tile_units,
-                        overlap=args.overlap, crs=args.crs, resolution=args.resolution, bands=args.bands,
-                        threshold=args.threshold, score=args.score, caption_all=args.caption_all,
-                        min_valid=args.min_valid,
-                        max_tiles=args.max_tiles, batch_size=args.batch_size, date_before=args.date_before,
-                        date_after=args.date_after)
+        job = ReviewJob(args.before, args.after, args.out, date_before=args.date_before, date_after=args.date_after,
+                        extent=args.extent, **_job_options(args))
         plan_review(job)  # refuse a bad plan, an unwritable or busy --out before the model loads
         check_writable(job.out)
         from ..engine import Engine   # here: a refused job costs no torch import either
@@ -125,6 +157,77 @@ def run_command(args: argparse.Namespace) -> int:
               f"{s.skipped_outside:,} outside; {s.changed:,} changed ({s.change_score} score >= {s.threshold:.4g}), "
               f"{s.captioned:,} captioned, {s.disagreements:,} where the caption disagrees -> {s.out}")
     return EXIT_CANCELLED if summary.cancelled else 0
+
+
+def archive_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .archive import archive_options, run_archive
+    from .manifest import read_manifest
+
+    pool = None
+    try:
+        options = archive_options(_job_options(args))
+        read_manifest(args.manifest)   # a bad manifest is refused before any model loads
+        pool = open_pool(args.ray, model=args.model, device=args.device, actors=args.actors)
+        stop = threading.Event()
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+        try:
+            with tqdm(unit="tile", file=sys.stderr, desc="archive") as bar:
+                def progress(done: int, total: int, message: str) -> None:
+                    bar.total = total
+                    bar.set_postfix_str(message, refresh=False)
+                    bar.update(done - bar.n)
+
+                summary = run_archive(args.manifest, args.out, pool, options, progress=progress,
+                                      is_cancelled=stop.is_set)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+    except ReviewError as exc:
+        print(f"unirs review-archive: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if pool is not None:
+            pool.close()
+    d = summary.to_dict()
+    if args.json:
+        print(json.dumps(d))
+    else:
+        for p in summary.pairs:
+            detail = p.error if p.error else (f"{p.done_tiles:,}/{p.total_tiles:,} tiles, {p.changed:,} changed, "
+                                              f"skipped {p.skipped_nodata + p.skipped_outside:,}, {p.seconds:.1f} s")
+            print(f"{p.name}: {p.status}: {detail}")
+        state = "stopped (rerun to resume)" if summary.cancelled else "done"
+        print(f"archive {state} on {summary.pool}: {len(summary.pairs)} pairs ({d['failed']} failed), "
+              f"{d['done_tiles']:,}/{d['total_tiles']:,} tiles ({summary.tiles_this_run:,} this run, "
+              f"{d['tiles_per_s']:.2f} tiles/s), {d['changed']:,} changed -> {summary.summary_csv}")
+    if summary.cancelled:
+        return EXIT_CANCELLED
+    return 1 if d["failed"] else 0
+
+
+def open_pool(ray_address: str | None, *, model: str | None, device: str | None, actors: int | None = None,
+              engine=None):
+    """The pool an archive runs on: Ray actors at `ray_address`, else this process's engine (loaded here
+    unless given). ReviewError when Ray is asked for and not installed, or the cluster cannot be reached."""
+    from .pools import LocalPool, RayPool
+
+    if not ray_address:
+        if actors:
+            raise ReviewError("model actors need a Ray cluster address (--ray); without one the archive runs in this process")
+        if engine is None:
+            from ..engine import Engine, EngineError
+            try:
+                engine = Engine.load(model, device=device)
+            except EngineError as exc:
+                raise ReviewError(str(exc)) from None
+        return LocalPool(engine)
+    if importlib.util.find_spec("ray") is None:
+        raise ReviewError("--ray needs Ray, which is not installed: pip install 'unirs[distributed]'")
+    try:
+        return RayPool(ray_address, model=model, device=device, actors=actors)
+    except ConnectionError as exc:
+        raise ReviewError(f"cannot reach the Ray cluster at {ray_address}: {exc}") from None
 
 
 def calibrate_command(args: argparse.Namespace) -> int:

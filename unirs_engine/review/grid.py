@@ -76,14 +76,23 @@ def plan_review(job: ReviewJob) -> ReviewPlan:
             # Default grid: before's own pixels (no resampling of before); else pixels aligned on 0, 0.
             same_grid = crs == before.crs and math.isclose(res, abs(before.transform.a))
             origin_x, origin_y = (before.bounds.left, before.bounds.top) if same_grid else (0.0, 0.0)
-            left, right = _snap(max(b_left, a_left), min(b_right, a_right), origin_x, res)
-            bottom, top = _snap(max(b_bottom, a_bottom), min(b_top, a_top), origin_y, res)
-            width, height = round((right - left) / res), round((top - bottom) / res)
-            if min(b_right, a_right) <= max(b_left, a_left) or min(b_top, a_top) <= max(b_bottom, a_bottom) \
-                    or width < 1 or height < 1:
+            lo_x, lo_y = max(b_left, a_left), max(b_bottom, a_bottom)
+            hi_x, hi_y = min(b_right, a_right), min(b_top, a_top)
+            if hi_x <= lo_x or hi_y <= lo_y:
                 raise ReviewError(
                     f"{job.before} and {job.after} do not overlap: before extent {fmt_bounds(before.bounds)} "
                     f"in {crs_label(before.crs)}, after extent {fmt_bounds(after.bounds)} in {crs_label(after.crs)}")
+            if job.extent is not None:
+                e_left, e_bottom, e_right, e_top = job.extent
+                lo_x, lo_y, hi_x, hi_y = max(lo_x, e_left), max(lo_y, e_bottom), min(hi_x, e_right), min(hi_y, e_top)
+                if hi_x <= lo_x or hi_y <= lo_y:
+                    raise ReviewError(f"the extent {fmt_bounds(job.extent)} misses the overlap of {job.before} "
+                                      f"and {job.after} in {crs_label(crs)}")
+            left, right = _snap(lo_x, hi_x, origin_x, res)
+            bottom, top = _snap(lo_y, hi_y, origin_y, res)
+            width, height = round((right - left) / res), round((top - bottom) / res)
+            if width < 1 or height < 1:
+                raise ReviewError(f"the overlap of {job.before} and {job.after} is under one pixel of the grid")
     except (OSError, ValueError) as exc:  # the readers' messages name the file
         raise ReviewError(str(exc)) from None
 

@@ -40,6 +40,8 @@ class ReviewJob:
     crs: str | None = None           # common grid CRS (any rasterio user input); default before's
     resolution: float | None = None  # common grid pixel size in crs units; default before's
     bands: tuple[int, ...] | None = None   # 1-based, 1 or 3 bands; default RGB rule of inputs/raster.py
+    extent: tuple[float, float, float, float] | None = None  # (left, bottom, right, top) in the grid
+                                     #   CRS: review only this part of the overlap; default all of it
     threshold: float | None = None   # tiles with score >= threshold get a caption; None: the model's
                                      #   calibrated threshold (review/calibrate.py), else DEFAULT_THRESHOLD
     score: str | None = None         # the change score (schema.SCORES); None: the model's default
@@ -54,8 +56,9 @@ class ReviewJob:
 
     def __post_init__(self):
         self._check_types()
-        if self.bands is not None:
-            object.__setattr__(self, "bands", tuple(self.bands))
+        for name in ("bands", "extent"):   # lists from JSON
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         problems = [msg for bad, msg in (
             (self.tile_units not in TILE_UNITS, f"tile_units must be one of {TILE_UNITS}, got {self.tile_units!r}"),
             (not self.tile_size > 0, f"tile_size must be > 0, got {self.tile_size}"),
@@ -71,6 +74,9 @@ class ReviewJob:
             (self.max_tiles < 1, f"max_tiles must be >= 1, got {self.max_tiles}"),
             (self.batch_size is not None and self.batch_size < 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.prefetch < 1, f"prefetch must be >= 1, got {self.prefetch}"),
+            (self.extent is not None and (len(self.extent) != 4 or not (self.extent[0] < self.extent[2]
+                                                                         and self.extent[1] < self.extent[3])),
+             f"extent must be (left, bottom, right, top) with left < right and bottom < top, got {self.extent}"),
             (not str(self.out).lower().endswith(".gpkg"), f"out must be a .gpkg file, got {self.out}"),
             *((not _is_iso_date(value), f"{name} must be an ISO date (YYYY-MM-DD), got {value!r}")
               for name, value in (("date_before", self.date_before), ("date_after", self.date_after))),
@@ -101,14 +107,17 @@ class ReviewJob:
                 *((n, whole, "a whole number") for n in ("max_tiles", "prefetch")),
                 ("batch_size", lambda v: v is None or whole(v), "a whole number or null"),
                 ("bands", lambda v: v is None or isinstance(v, (list, tuple)) and all(whole(b) for b in v),
-                 "a list of 1-based band numbers or null")):
+                 "a list of 1-based band numbers or null"),
+                ("extent", lambda v: v is None or isinstance(v, (list, tuple)) and all(number(x) for x in v),
+                 "a list of 4 numbers (left, bottom, right, top) or null")):
             if not valid(getattr(self, name)):
                 raise ReviewError(f"bad review job: {name} must be {what}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (bands as a list), for the worker protocol and the GeoPackage."""
         d = asdict(self)
-        d["bands"] = list(self.bands) if self.bands is not None else None
+        for name in ("bands", "extent"):
+            d[name] = list(getattr(self, name)) if getattr(self, name) is not None else None
         return d
 
     @classmethod
@@ -128,8 +137,15 @@ class ReviewJob:
         d = self.to_dict()
         for key in ("out", *RUNTIME_KEYS):
             d.pop(key)
-        d["before"], d["after"] = os.path.abspath(self.before), os.path.abspath(self.after)
+        d["before"], d["after"] = absolute_source(self.before), absolute_source(self.after)
         return d
+
+
+def absolute_source(path: str | os.PathLike) -> str:
+    """A local path made absolute; a GDAL URL (/vsicurl/https://..., s3://...) as given (abspath would
+    fold its "//")."""
+    text = os.fspath(path)
+    return text if text.startswith("/vsi") or "://" in text else os.path.abspath(text)
 
 
 @dataclass

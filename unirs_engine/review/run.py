@@ -27,19 +27,8 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
     from ..engine import Cancelled, EngineError  # here, not at the top: the package stays torch-free
 
     t0 = time.perf_counter()
-    source = "given for this review"
-    try:   # the score and threshold are stored resolved, so that a resume matches
-        job = dataclasses.replace(job, score=engine.resolve_score(job.score),
-                                  batch_size=job.batch_size or engine.batch_size)
-        if job.threshold is None:
-            threshold, source = engine.change_threshold_with_source(job.score)
-            job = dataclasses.replace(job, threshold=threshold)
-    except EngineError as exc:
-        raise ReviewError(str(exc)) from None
+    job, source = resolve_job(engine, job)
     plan = plan_review(job)
-    # A pair's features must still be cached when its caption is generated after scoring: before and
-    # after, and the gain-matched after the change-score head reads (describe's extra["change_score"]).
-    engine.reserve_cache(3 * job.batch_size)
     store = ReviewStore.open(job, plan, engine.model.model_id, source, job.score)
     start, cancelled = store.state.next_tile, False
     try:
@@ -52,7 +41,7 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
                         cancelled = True
                         break
                     try:
-                        results = _review_pairs(engine, job, batch.pairs, is_cancelled, pause)
+                        results = review_pairs(engine, job, batch.pairs, is_cancelled, pause)
                     except Cancelled:  # mid-generation: this batch is dropped, the committed ones stay
                         cancelled = True
                         break
@@ -75,8 +64,28 @@ def run_review(engine, job: ReviewJob, *, progress: Callable[[int, int], None] |
                          tiles_per_s=done / elapsed if elapsed > 0 else 0.0)
 
 
-def _review_pairs(engine, job: ReviewJob, pairs: list[TilePair], is_cancelled: Callable[[], bool] | None,
-                  pause: Callable[[], None] | None = None) -> list[TileResult]:
+def resolve_job(engine, job: ReviewJob) -> tuple[ReviewJob, str]:
+    """The job with the engine's score, batch size and threshold filled in, and where the threshold came
+    from. They are stored resolved, so that a resume matches. Also sizes the engine's feature cache for it."""
+    from ..engine import EngineError
+
+    source = "given for this review"
+    try:
+        job = dataclasses.replace(job, score=engine.resolve_score(job.score),
+                                  batch_size=job.batch_size or engine.batch_size)
+        if job.threshold is None:
+            threshold, source = engine.change_threshold_with_source(job.score)
+            job = dataclasses.replace(job, threshold=threshold)
+    except EngineError as exc:
+        raise ReviewError(str(exc)) from None
+    # A pair's features must still be cached when its caption is generated after scoring: before and
+    # after, and the gain-matched after the change-score head reads (describe's extra["change_score"]).
+    engine.reserve_cache(3 * job.batch_size)
+    return job, source
+
+
+def review_pairs(engine, job: ReviewJob, pairs: list[TilePair], is_cancelled: Callable[[], bool] | None = None,
+                 pause: Callable[[], None] | None = None) -> list[TileResult]:
     """Scores of all pairs (one vision pass), captions of those at/above threshold (one generate call);
     the score decides "changed", the caption's own statement is kept beside it (schema.py)."""
     from ..engine import Request

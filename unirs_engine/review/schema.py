@@ -9,6 +9,7 @@ look first.
 """
 
 LAYER = "changes"                   # one polygon per reviewed tile
+ARCHIVE_SUMMARY = "archive_summary.csv"   # an archive review's per-pair table, beside the pairs' GeoPackages
 RUNS = "unirs_review_runs"          # the job, its change score and threshold, and where it stands
 # RUNS.change_score: which score the tiles' `score` is; the threshold is on that score's scale.
 # A checkpoint gives the first it can: the head (change_score/), the CEM's cosine (a UniRS checkpoint),

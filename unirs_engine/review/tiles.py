@@ -81,6 +81,14 @@ class _Date:
         return not on.any()
 
 
+def batch_ranges(start: int, total: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, stop) of the batches from tile `start`: each ends at a multiple of batch_size (or the
+    last tile), so a review resumed or split across workers batches its tiles as one run does."""
+    stops = range((start // batch_size + 1) * batch_size, total, batch_size)
+    edges = [start, *stops, total] if start < total else [start]
+    return list(zip(edges[:-1], edges[1:]))
+
+
 class TileReader:
     """Iterate TileBatches of `plan` from tile `start`; `with TileReader(...) as r: for b in r: ...`."""
 
@@ -127,36 +135,59 @@ class TileReader:
     def _run(self) -> None:
         job, plan = self.job, self.plan
         try:
-            with ExitStack() as stack:
-                # GDAL's block cache defaults to 5 % of RAM and would grow with the mosaic: bound it.
-                stack.enter_context(rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES))
-                dates = []
-                for path in (job.before, job.after):
-                    src = stack.enter_context(open_raster(path))
-                    date = _Date(path, src, plan, job.bands)
-                    stack.enter_context(date.vrt)
-                    dates.append(date)
-                batch = TileBatch(stop=self.start)
-                for index in range(self.start, plan.total_tiles):
+            with TileSource(job, plan, max_side=self.max_side) as source:
+                for start, stop in batch_ranges(self.start, plan.total_tiles, job.batch_size):
                     if self._stop.is_set():
                         return
-                    self._read_tile(index, dates, batch)
-                    batch.stop = index + 1
-                    if batch.stop % job.batch_size == 0 or batch.stop == plan.total_tiles:
-                        if not self._put(batch):
-                            return
-                        batch = TileBatch(stop=batch.stop)
+                    batch = source.read(start, stop)
+                    self.tiles_read += stop - start
+                    if not self._put(batch):
+                        return
         except Exception as exc:  # handed to the consumer, which raises it as a ReviewError
             self._put(exc)
             return
         self._put(_DONE)
 
-    def _read_tile(self, index: int, dates: list[_Date], batch: TileBatch) -> None:
+
+class TileSource:
+    """Both mosaics of a review opened on its grid: `read(start, stop)` gives the TileBatch of tiles
+    [start, stop). Used by TileReader's thread, and by archive workers that read their own batches
+    (review/archive.py). `with TileSource(job, plan, max_side=...) as source: ...`"""
+
+    def __init__(self, job: ReviewJob, plan: ReviewPlan, *, max_side: int):
+        self.job, self.plan, self.max_side = job, plan, max_side
+        self._stack = ExitStack()
+        self.dates: list[_Date] = []
+
+    def __enter__(self) -> "TileSource":
+        try:
+            # GDAL's block cache defaults to 5 % of RAM and would grow with the mosaic: bound it.
+            self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES))
+            for path in (self.job.before, self.job.after):
+                src = self._stack.enter_context(open_raster(path))
+                date = _Date(path, src, self.plan, self.job.bands)
+                self._stack.enter_context(date.vrt)
+                self.dates.append(date)
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def read(self, start: int, stop: int) -> TileBatch:
+        batch = TileBatch(stop=stop)
+        for index in range(start, stop):
+            self._read_tile(index, batch)
+        return batch
+
+    def _read_tile(self, index: int, batch: TileBatch) -> None:
+        dates = self.dates
         row, col, window = self.plan.window(index)
         bounds = self.plan.bounds(window)
         out_shape = fit_shape(int(window.height), int(window.width), self.max_side)     # (h, w)
         reads = [d.read(window, out_shape) for d in dates]                              # [(image, valid)] x 2
-        self.tiles_read += 1
         if any(not valid.any() and d.outside(bounds) for d, (_, valid) in zip(dates, reads)):
             batch.skipped_outside += 1
             return

@@ -43,7 +43,7 @@ POLL_S = 0.1  # how often a waiting call looks at is_cancelled() (a timeout is w
 LOG_RUNS = 4  # worker logs kept: this run's and the three before (a crash's log survives the restart)
 # The params of each op that name files (a path, or a list of paths): made absolute by the client.
 PATH_PARAMS = {"ask": ("image",), "change": ("before", "after"), "classify": ("frames",),
-               "review": ("before", "after", "out")}
+               "review": ("before", "after", "out"), "review_archive": ("manifest", "out_dir")}
 
 OnProgress = Callable[[float, str], None]
 IsCancelled = Callable[[], bool]
@@ -123,6 +123,16 @@ class EngineClient(ABC):
         """Run a change review (ReviewJob.to_dict()); returns ReviewSummary.to_dict(). A cancel raises
         RequestCancelled; the GeoPackage keeps every finished tile and a rerun resumes."""
         return self.run("review", dict(job), on_progress=on_progress, is_cancelled=is_cancelled, timeout=timeout)
+
+    def review_archive(self, manifest: str, out_dir: str, *, options: dict | None = None, ray: str | None = None,
+                       actors: int | None = None, on_progress: OnProgress | None = None,
+                       is_cancelled: IsCancelled | None = None, timeout: float | None = None) -> dict:
+        """Review every pair of a manifest into out_dir (review/archive.py), on Ray when `ray` is a cluster
+        address; returns ArchiveSummary.to_dict(). A cancel raises RequestCancelled; a rerun resumes."""
+        params = {"manifest": os.fspath(manifest), "out_dir": os.fspath(out_dir), "options": dict(options or {}),
+                  "ray": ray, "actors": actors}
+        return self.run("review_archive", params, on_progress=on_progress, is_cancelled=is_cancelled,
+                        timeout=timeout)
 
     def __enter__(self) -> "EngineClient":
         return self

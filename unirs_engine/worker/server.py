@@ -49,7 +49,7 @@ Handler = Callable[[Any, dict, Progress, Callable[[], bool]], dict]
 OPS: dict[str, Handler] = {}
 # Ops that may run for hours; their handlers call progress only where the engine is free (between
 # batches), and the worker serves waiting short requests there.
-LONG_OPS = ("review",)
+LONG_OPS = ("review", "review_archive")
 
 
 def register_op(name: str, handler: Handler) -> None:
@@ -218,8 +218,30 @@ def _review(engine, params, progress, is_cancelled) -> dict:
     return summary.to_dict()
 
 
+def _review_archive(engine, params, progress, is_cancelled) -> dict:
+    from ..review.archive import archive_options, run_archive
+    from ..review.command import open_pool
+
+    p = ParamReader("review_archive", params)
+    manifest, out_dir, address, actors = p.path("manifest"), p.path("out_dir"), p.text("ray"), p.count("actors")
+    options = p._get("options", False) or {}
+    if not isinstance(options, dict):
+        raise p._bad("options", "an object of review options", options)
+    p.done()
+    options = archive_options(options)
+    # On Ray the actors load the worker's checkpoint; without, this engine reviews (progress is where
+    # waiting short requests are served, as for "review").
+    pool = open_pool(address, model=str(engine.model.path), device=None, actors=actors, engine=engine)
+    try:
+        summary = run_archive(manifest, out_dir, pool, options, is_cancelled=is_cancelled,
+                              progress=lambda done, total, message: progress(done / max(total, 1), message))
+    finally:
+        pool.close()
+    return summary.to_dict()
+
+
 for _name, _handler in (("hello", _hello), ("info", _info), ("ask", _ask), ("change", _change),
-                        ("classify", _classify), ("review", _review)):
+                        ("classify", _classify), ("review", _review), ("review_archive", _review_archive)):
     register_op(_name, _handler)
 
 
