@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-from .review.calibrate import checkpoint_calibration
+from .errors import UnirsError
 from .review.schema import COSINE_SCORE, FEATURE_SCORE, HEAD_SCORE, SCORE_MEANINGS, SCORES, THRESHOLD_KEYS
 from .runtime.paths import PLUGIN_ROOT
+from .thresholds import checkpoint_calibration
 
 SUBFOLDERS = ("llm", "vision_tower", "mm_projector")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -71,7 +72,7 @@ MIB = 2 ** 20
 RUNTIME_BYTES = {"cpu": 512 * MIB, "cuda": 512 * MIB}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UnirsError, ValueError):
     """A checkpoint that cannot be loaded; the one-line message names the file and what was expected."""
 
 

@@ -1,7 +1,8 @@
 """The `unirs` command line: ask, change, classify, batch, info (+ commands registered by subsystems).
 
 Exit status: 0 done; 1 `batch` answered some lines and not others; 2 an error, said on one line
-("unirs: error: ..."); 130 stopped by Ctrl-C. An unexpected exception keeps its traceback: it is a bug.
+("unirs COMMAND: error: ...", by main(): the one handler); 130 stopped by Ctrl-C. An unexpected exception
+keeps its traceback: it is a bug.
 """
 
 from __future__ import annotations
@@ -12,25 +13,19 @@ import json
 import sys
 from pathlib import Path
 
-from .argtypes import EXIT_ERROR, Parser, positive_int
+from .argtypes import EXIT_ERROR, CommandError, Parser, add_model_arguments, positive_int
 from .errors import is_expected
 from .types import InputKind
 
 EXIT_SOME_FAILED = 1   # batch: some lines failed, the others were answered
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
 
-class CommandError(RuntimeError):
-    """An input the command line itself refuses (e.g. a batch file that is not UTF-8)."""
 
 
 def _model_options() -> argparse.ArgumentParser:
     p = Parser(add_help=False)
     g = p.add_argument_group("model")
-    g.add_argument("--model", metavar="DIR", help="UniRS/VILA-1.5 checkpoint directory "
-                   "(default: $UNIRS_MODEL, else the embedded demo model)")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
-    g.add_argument("--dtype", help="float32, bfloat16, float16 (default: bf16 on CUDA, fp32 on CPU)")
-    g.add_argument("--clue-model", metavar="DIR", help="base VLM that writes the clue (e.g. VILA-1.5-3B)")
+    add_model_arguments(g, clue_model="base VLM that writes the clue (e.g. VILA-1.5-3B)")
     g.add_argument("--frames", type=positive_int, help="frames sampled from a video or stack (default: model's)")
     g.add_argument("--max-new-tokens", type=positive_int, default=64)
     g.add_argument("--batch-size", type=positive_int,
@@ -345,21 +340,22 @@ def one_line(exc: BaseException) -> str:
 
 def _expected(exc: BaseException) -> bool:
     """Bad input or setup (one line, exit 2), not a bug (traceback)."""
-    return isinstance(exc, CommandError) or isinstance(exc, OSError) and exc.filename is not None \
-        or is_expected(exc)
+    return is_expected(exc) or isinstance(exc, OSError) and exc.filename is not None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The one handler of every command: a UnirsError (or an OSError naming its file) is said on one line,
+    "unirs COMMAND: error: ...", as argparse says a usage error; anything else is a bug and keeps its traceback."""
+    args = build_parser().parse_args(argv)
     try:
-        args = build_parser().parse_args(argv)
         return args.func(args) or 0
     except KeyboardInterrupt:
-        print("unirs: interrupted", file=sys.stderr)
+        print(f"unirs {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
         if not _expected(exc):
             raise
-        print(f"unirs: error: {one_line(exc)}", file=sys.stderr)
+        print(f"unirs {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
 

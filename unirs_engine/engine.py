@@ -1,8 +1,9 @@
 """Inference API: ask about an image, describe change in a pair, classify a sequence.
 
-Every request goes the same way: read chips (georeferenced) -> vision features (cached per chip)
--> optional clue from the base VLM (cached per input) -> prompt -> batched greedy generation (answers
-cached per chips + prompt: greedy decoding is deterministic, so a repeated question costs a read).
+Every request goes the same way, through the stages of stages.py: read chips (georeferenced) -> vision
+features (cached here per chip) -> optional clue from the base VLM (cached per input) -> prompt ->
+batched greedy generation (answers cached per chips + prompt: greedy decoding is deterministic, so a
+repeated question costs a read). Engine is the caching and checking layer over those stages.
 
 Bad input is refused before the work it would waste, with one line naming the input and the limit:
 a prompt longer than the model's context (before reading), a read larger than `max_read_pixels`
@@ -21,20 +22,21 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import prompts, sizing
 from .checkpoint_info import request_memory
-from .inputs.pair import read_pair
+from .errors import UnirsError
 from .inputs.preprocess import ImagePreprocessor
-from .inputs.raster import MAX_READ_PIXELS, read_chip
-from .inputs.video import MIN_FRAMES, read_sequence
+from .inputs.raster import MAX_READ_PIXELS
+from .inputs.video import MIN_FRAMES
 from .model.change_score import feature_change_score, match_gain
 from .model.checkpoint import LoadedModel, load_checkpoint
 from .review.schema import COSINE_SCORE, HEAD_SCORE, SCORES, THRESHOLD_KEYS
+from .stages import GenerateItem, clue_item, encode, generate, read_inputs
+from .thresholds import model_threshold
 from .types import CEM_PAIR, PAIR_MODES, TWO_IMAGE_PAIR, Chip, InputKind, Result, image_slots, valid_in_all
 
 TASK_NAMES = {InputKind.IMAGE: "ask", InputKind.PAIR: "change", InputKind.SEQUENCE: "classify"}
@@ -48,7 +50,7 @@ _INSTRUCTION_NAMES = {InputKind.IMAGE: "question", InputKind.PAIR: "instruction"
                       InputKind.SEQUENCE: "instruction (with its class list)"}
 
 
-class EngineError(RuntimeError):
+class EngineError(UnirsError, RuntimeError):
     """A request the engine cannot answer; the message says which input and why."""
 
 
@@ -116,15 +118,6 @@ class _Prepared:
         return image_slots(self.request.kind, self.features.shape[0], self.pair_mode)
 
 
-class GenerateItem(NamedTuple):
-    """One prompt of a generate call: an input's features, how they become slots, the user message."""
-
-    kind: InputKind
-    features: torch.Tensor            # (N, P, D)
-    message: str
-    pair_mode: str | None = None
-
-
 def default_model_dir() -> Path:
     """UNIRS_MODEL, else the demo model shipped beside the package."""
     env = os.environ.get("UNIRS_MODEL")
@@ -157,17 +150,6 @@ class _LRU(OrderedDict):
         self.move_to_end(key)
         while len(self) > self.capacity:
             self.popitem(last=False)
-
-
-class _StopWhenCancelled(StoppingCriteria):
-    """Ends generate() at the next token once the caller cancels (a long caption must not block)."""
-
-    def __init__(self, is_cancelled: Callable[[], bool]):
-        self.is_cancelled = is_cancelled
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.is_cancelled(), dtype=torch.bool,
-                          device=input_ids.device)
 
 
 def _positive_int(name: str, value, minimum: int = 1) -> int:
@@ -374,14 +356,12 @@ class Engine:
 
     @property
     def change_threshold(self) -> float:
-        """The threshold of this model's default change score for reviews (review/calibrate.py: the
-        user's, the checkpoint's, else the default)."""
+        """The threshold of this model's default change score for reviews (thresholds.py: the user's,
+        the checkpoint's, else the default)."""
         return self.change_threshold_with_source()[0]
 
     def change_threshold_with_source(self, score: str | None = None) -> tuple[float, str]:
         """(threshold, where it comes from) of `score` (default: the model's)."""
-        from .review.calibrate import model_threshold
-
         score = self.resolve_score(score)
         return model_threshold(self.model.model_id, self.threshold_config_file(score), score)
 
@@ -417,7 +397,7 @@ class Engine:
         `gain_matched`: of the after chip with its colour balance matched to the before chip (what
         the change-score head reads; cached as a chip of its own)."""
         afters = [match_gain(b, a) if gain_matched else a for b, a in pairs]
-        feats = self._encode([chip for (before, _), after in zip(pairs, afters) for chip in (before, after)])
+        feats = self.encode([chip for (before, _), after in zip(pairs, afters) for chip in (before, after)])
         return feats[0::2], feats[1::2]                                    # (B, P, D) each
 
     def change_scores(self, pairs: Sequence[tuple[Chip, Chip]], score: str | None = None) -> list[float]:
@@ -468,83 +448,49 @@ class Engine:
 
     # ---- steps --------------------------------------------------------------------------------
 
-    def _read(self, req: Request) -> list[Chip]:
-        """The request's chips; an image or pair read again from unchanged files comes from memory."""
+    def read(self, req: Request) -> list[Chip]:
+        """The request's chips (stages.read_inputs); an image or pair read again from unchanged files
+        comes from memory. InputError names the file and why."""
         key = _read_key(req) if req.kind in (InputKind.IMAGE, InputKind.PAIR) else None
         chips = self._reads.get(key) if key else None
         if chips is None:
-            chips = self._read_files(req)
+            try:
+                chips = read_inputs(req.kind, req.inputs, num_frames=self.num_frames, bounds=req.bounds,
+                                    bounds_crs=req.bounds_crs, bands=req.bands,
+                                    max_read_pixels=self.max_read_pixels)
+            except (OSError, ValueError) as exc:  # the readers' messages name the file
+                raise InputError(" ".join(str(exc).split())) from exc
             if key:
                 self._reads.put(key, chips)
         return chips
-
-    def _read_files(self, req: Request) -> list[Chip]:
-        kw = dict(bounds=req.bounds, bounds_crs=req.bounds_crs, bands=req.bands,
-                  max_read_pixels=self.max_read_pixels)
-        try:
-            if req.kind is InputKind.IMAGE:
-                self._expect(req, 1)
-                return [self._chip(req.inputs[0], **kw)]
-            if req.kind is InputKind.PAIR:
-                self._expect(req, 2)
-                before, after = req.inputs
-                if isinstance(before, Chip) and isinstance(after, Chip):
-                    return [before, after]
-                return list(read_pair(str(before), str(after), **kw))
-            if req.kind is InputKind.SEQUENCE:
-                if req.inputs and all(isinstance(f, Chip) for f in req.inputs):
-                    chips = list(req.inputs)[: self.num_frames]
-                    if len(chips) < MIN_FRAMES:
-                        raise InputError(f"{len(chips)} frame(s) given; a sequence needs at least {MIN_FRAMES}")
-                    return chips
-                return read_sequence(list(req.inputs), self.num_frames, **kw)
-        except EngineError:
-            raise
-        except (OSError, ValueError) as exc:  # the readers' messages name the file
-            raise InputError(" ".join(str(exc).split())) from exc
-        raise EngineError(f"unknown input kind {req.kind!r}")
-
-    @staticmethod
-    def _expect(req: Request, n: int) -> None:
-        if len(req.inputs) != n:
-            raise InputError(f"a {req.kind.value} request needs {n} input(s), got {len(req.inputs)}")
-
-    @staticmethod
-    def _chip(src, **kw) -> Chip:
-        return src if isinstance(src, Chip) else read_chip(str(src), **kw)
 
     @staticmethod
     def _check(is_cancelled: Callable[[], bool] | None) -> None:
         if is_cancelled and is_cancelled():
             raise Cancelled("cancelled by the caller")
 
-    def _encode(self, chips: list[Chip], loaded: LoadedModel | None = None,
-                keys: Sequence[str] | None = None) -> torch.Tensor:
-        """Vision features of chips, (N, P, D); the main model's are cached per chip content."""
+    def encode(self, chips: list[Chip], loaded: LoadedModel | None = None,
+               keys: Sequence[str] | None = None) -> torch.Tensor:
+        """Vision features of chips, (N, P, D) (stages.encode); the main model's are cached per chip
+        content (`keys`: the chips' content keys when known)."""
         loaded = loaded or self.model
         if loaded is not self.model:
-            return self._encode_uncached(chips, loaded)
+            return encode(loaded, chips)
         keys = keys or [_chip_key(c) for c in chips]
         missing = [i for i, k in enumerate(keys) if self._features.get(k) is None]
         if missing:
-            feats = self._encode_uncached([chips[i] for i in missing], loaded)  # (M, P, D)
+            feats = encode(loaded, [chips[i] for i in missing], self.preprocess)  # (M, P, D)
             for i, f in zip(missing, feats):
                 self._features.put(keys[i], f)
         return torch.stack([self._features.get(k) for k in keys])          # (N, P, D)
 
-    def _encode_uncached(self, chips: list[Chip], loaded: LoadedModel) -> torch.Tensor:
-        pre = self.preprocess if loaded is self.model else ImagePreprocessor.from_checkpoint(loaded.path)
-        pixels = pre(chips).to(loaded.device, loaded.dtype)                 # (N, 3, S, S)
-        with torch.inference_mode():
-            return loaded.model.encode_images(pixels)                       # (N, P, D)
-
     def _prepare(self, req: Request) -> _Prepared:
         t0 = time.perf_counter()
-        chips = self._read(req)
+        chips = self.read(req)
         t1 = time.perf_counter()
         valid_fraction = self._check_valid_fraction(req, chips)
         keys = tuple(_chip_key(c) for c in chips)
-        features = self._encode(chips, keys=keys)
+        features = self.encode(chips, keys=keys)
         t2 = time.perf_counter()
         return _Prepared(req, chips, keys, features, valid_fraction, self._pair_mode(req),
                          {"read_s": t1 - t0, "encode_s": t2 - t1})
@@ -641,13 +587,8 @@ class Engine:
         cached = self._clues.get(key)
         if cached is not None:
             return cached
-        # The base VLM sees a pair as two images in two slots (VILA's native multi-image input).
-        pair_mode = TWO_IMAGE_PAIR if req.kind is InputKind.PAIR else None
-        feats = self._encode(prep.chips, self.clue_model)
-        msg = prompts.user_message(req.kind, prompts.CLUE_PROMPTS[req.kind],
-                                   image_slots(req.kind, feats.shape[0], pair_mode), task_tag=False)
-        clue = self._generate(self.clue_model, [GenerateItem(req.kind, feats, msg, pair_mode)],
-                              self.max_new_tokens, is_cancelled)[0]
+        item = clue_item(req.kind, self.encode(prep.chips, self.clue_model))
+        clue = self._generate(self.clue_model, [item], self.max_new_tokens, is_cancelled)[0]
         self._clues.put(key, clue)
         return clue
 
@@ -668,15 +609,10 @@ class Engine:
     @staticmethod
     def _generate(loaded: LoadedModel, items: list[GenerateItem], max_new_tokens: int,
                   is_cancelled: Callable[[], bool] | None = None) -> list[str]:
-        """Greedy answers of the items in one generate call."""
-        model, tok = loaded.model, loaded.tokenizer
-        stop = StoppingCriteriaList([_StopWhenCancelled(is_cancelled)]) if is_cancelled else None
-        with torch.inference_mode():
-            slots = [model.visual_slots(it.features, it.kind, it.pair_mode) for it in items]  # (n_slots, T, H)
-            ids = [prompts.encode(tok, it.message)[0] for it in items]
-            out = model.generate(ids, slots, max_new_tokens=max_new_tokens, stopping_criteria=stop)
-        Engine._check(is_cancelled)  # a cut-short answer is never returned as if complete
-        return [tok.decode(o, skip_special_tokens=True).strip() for o in out]
+        """stages.generate, then Cancelled if the caller cancelled: a cut-short answer is never returned."""
+        answers = generate(loaded, items, max_new_tokens, is_cancelled)
+        Engine._check(is_cancelled)
+        return answers
 
     def _answer(self, batch: list[_Prepared], max_new_tokens: int,
                 is_cancelled: Callable[[], bool] | None = None) -> list[Result]:
@@ -698,12 +634,12 @@ class Engine:
         results = []
         for i, (prep, answer, clue, msg) in enumerate(zip(batch, answers, clues, messages)):
             req = prep.request
-            timings = dict(prep.timings, generate_s=gen_s if i in todo else 0.0, batch_size=len(todo),
-                           answer_cached=i not in todo)
+            timings = dict(prep.timings, generate_s=gen_s if i in todo else 0.0)
             timings["total_s"] = timings["read_s"] + timings["encode_s"] + gen_s
             results.append(Result(
                 task=req.task, answer=answer, prompt=prompts.conversation(msg), clue=clue,
                 model_id=self.model.model_id, device=str(self.model.device), timings=timings,
+                answer_cached=i not in todo, batch_size=len(todo) if i in todo else 0,
                 georef=[c.georef for c in prep.chips if c.georef is not None],
                 extra=self._extra(prep, answer)))
         return results

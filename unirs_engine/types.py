@@ -92,7 +92,9 @@ class Result:
     clue: str | None
     model_id: str
     device: str
-    timings: dict[str, float] = field(default_factory=dict)  # read_s, encode_s, generate_s, total_s
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: read_s, encode_s, generate_s, total_s
+    answer_cached: bool = False         # the same input and prompt were answered before: no generation
+    batch_size: int = 1                 # prompts generated together with this one (0 when cached)
     georef: list[GeoRef] = field(default_factory=list)       # one per input image/frame as read
     extra: dict[str, Any] = field(default_factory=dict)      # task-specific: changed, label, frames…
 

@@ -3,7 +3,7 @@ the model looked at as an outline, the answer as a wrapped label with a white bu
 
 The style is saved in the GeoPackage as the table's default style, so a file opens the same in any
 QGIS; Processing outputs are also styled by a layer post-processor when they are loaded. The map notes
-of the dock (annotations.py) use the same text format.
+of the dock (write_back.py) use the same text format.
 """
 
 from __future__ import annotations

@@ -27,13 +27,13 @@ def _fields(*spec: tuple[str, QVariant.Type]) -> QgsFields:
     return out
 
 
-def ASK_FIELDS() -> QgsFields:
+def ask_fields() -> QgsFields:
     return _fields(("question", QVariant.String), ("answer", QVariant.String),
                    ("clue", QVariant.String), ("model", QVariant.String), ("layer", QVariant.String),
                    ("extent_crs", QVariant.String), ("created", QVariant.DateTime))
 
 
-def CHANGE_FIELDS() -> QgsFields:
+def change_fields() -> QgsFields:
     return _fields(("caption", QVariant.String), ("changed", QVariant.Bool),
                    ("date_before", QVariant.Date), ("date_after", QVariant.Date),
                    ("layer_before", QVariant.String), ("layer_after", QVariant.String),
@@ -41,13 +41,13 @@ def CHANGE_FIELDS() -> QgsFields:
                    ("score", QVariant.Double), ("score_kind", QVariant.String), ("pair_mode", QVariant.String))
 
 
-def CLASSIFY_FIELDS() -> QgsFields:
+def classify_fields() -> QgsFields:
     return _fields(("label", QVariant.String), ("answer", QVariant.String),
                    ("frames", QVariant.String), ("classes", QVariant.String),
                    ("model", QVariant.String), ("created", QVariant.DateTime))
 
 
-FIELDS_FOR_TASK = {"ask": ASK_FIELDS, "change": CHANGE_FIELDS, "classify": CLASSIFY_FIELDS}
+FIELDS_FOR_TASK = {"ask": ask_fields, "change": change_fields, "classify": classify_fields}
 # How the model saw a pair (the result's extra["pair_mode"]), in the dock's and the log's words.
 PAIR_MODE_TEXT = {"cem": "Compared through the Change Extraction module",
                   "two-images": "Compared as two images in one prompt (the model has no Change Extraction module)"}

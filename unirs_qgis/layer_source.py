@@ -17,13 +17,15 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsCoordinateTransform, Qgs
                        QgsRasterBlockFeedback, QgsRasterDataProvider, QgsRasterFileWriter, QgsRasterLayer,
                        QgsRasterPipe, QgsRectangle)
 
+from unirs_engine.errors import UnirsError
+
 from .temp_files import TempFolderError, make_private, private_temp_dir
 
 MAX_SIDE = 4096         # pixels: cap on the long side of an export at native resolution
 RENDER_SIDE = 1024      # pixels: long side for providers without a native grid (WMS/XYZ)
 
 
-class LayerReadError(RuntimeError):
+class LayerReadError(UnirsError, RuntimeError):
     """The layer cannot be turned into something the engine can read."""
 
 

@@ -16,12 +16,14 @@ import stat
 import tempfile
 import time
 
+from unirs_engine.errors import UnirsError
+
 PRIVATE = 0o700
 STALE_AFTER_S = 24 * 3600        # Windows only: no safe liveness probe there
 _PROCESS_FOLDER = re.compile(r"^qgis-(\d+)$")
 
 
-class TempFolderError(RuntimeError):
+class TempFolderError(UnirsError, RuntimeError):
     """The private temporary folder cannot be made safe."""
 
 

@@ -20,7 +20,7 @@ from unirs_engine.inputs.pair import read_pair
 from unirs_engine.model.change_score import FOLDER, ChangeScoreHead
 from unirs_engine.model.checkpoint import CheckpointError, load_checkpoint, save_change_head
 from unirs_engine.review import ReviewError, ReviewJob, run_review
-from unirs_engine.review.calibrate import threshold_key
+from unirs_engine.thresholds import threshold_key
 
 CONFIG_KEY = threshold_key("head")
 from unirs_engine.testing.rasters import pattern, write_raster
@@ -98,7 +98,7 @@ def test_without_a_head_the_cem_cosine_score_and_the_top_level_threshold_are_use
     assert engine.threshold_config_file() == tiny_checkpoint / "config.json"
     assert engine.change_scores_available == ["cem-cosine", "feature-cosine"]
     chips = read_pair(pairs["before"], pairs["changed"])
-    feats = engine._encode(list(chips))                                          # (2, P, D)
+    feats = engine.encode(list(chips))                                          # (2, P, D)
     with torch.no_grad():
         cosine = engine.model.model.mm_projector.layers["change"].change_score(feats[:1], feats[1:])
     assert engine.change_scores([chips]) == pytest.approx([float(cosine[0])])

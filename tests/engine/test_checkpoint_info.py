@@ -241,7 +241,7 @@ def test_info_json_and_load(capsys, tiny_checkpoint):
 def test_info_on_a_folder_that_is_no_checkpoint(capsys, tmp_path):
     code, out, err = run_cli(capsys, "--model", tmp_path)
     assert (code, out) == (2, "")
-    assert err == f"unirs: error: {tmp_path}/config.json: missing (expected the VILA-1.5 top-level config)\n"
+    assert err == f"unirs info: error: {tmp_path}/config.json: missing (expected the VILA-1.5 top-level config)\n"
 
 
 def test_info_on_rasters_only(capsys, tmp_path):

@@ -181,7 +181,7 @@ CASES = [
          r"^unirs review: error: another review is writing .*busy\.gpkg", leaves={"busy.gpkg"},
          run=_second_review_while_one_writes),
     # -- Ctrl-C
-    Case("Ctrl-C during model load", ["ask", "{good}", "-q", "How many?"], 130, r"^unirs: interrupted$",
+    Case("Ctrl-C during model load", ["ask", "{good}", "-q", "How many?"], 130, r"^unirs ask: interrupted$",
          run=_interrupt_during_load),
 ]
 

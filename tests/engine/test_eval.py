@@ -215,14 +215,9 @@ def rsvqa_lr(tmp_path_factory):
 
 
 def _eval_cli(tiny_checkpoint, *args):
-    import argparse
+    from unirs_engine.cli import main
 
-    from unirs_engine.evaluate.command import register
-
-    parser = argparse.ArgumentParser(prog="unirs")
-    register(parser.add_subparsers(dest="command", required=True))
-    ns = parser.parse_args(["eval", "--model", str(tiny_checkpoint), "--max-new-tokens", "4", *args])
-    return ns.func(ns)
+    return main(["eval", "--model", str(tiny_checkpoint), "--max-new-tokens", "4", *args])
 
 
 def test_unirs_eval_command_on_rsvqa_files(tiny_checkpoint, rsvqa_lr, tmp_path, capsys):

@@ -40,3 +40,29 @@ def test_probe_table_has_every_noun_and_scores_the_eval_answers_per_noun(tiny_ch
     assert all(cells[-1] in ("0.0 %", "–") for noun, cells in rows.items() if noun != "trees")
     probed = [cells[3] for cells in rows.values() if cells[3] != "–"]
     assert probed and all(0 <= float(p.rstrip(" %")) <= 100 for p in probed)
+
+
+def test_probe_reads_a_vision_stage_checkpoint_and_labels_from_the_land_cover(tmp_path):
+    from unirs_engine.train.config import load_config
+    from unirs_engine.train.vision_pretrain import train_vision
+
+    root = tmp_path / "synth"
+    write_benchmark(root, seed=1, n_images=30, n_pairs=2, n_videos=0, size=64, splits=(0.6, 0.2, 0.2),
+                    progress=False)
+    spec = {"image_size": 56, "patch_size": 14, "vision_hidden": 32, "vision_layers": 2, "vision_heads": 2,
+            "vision_intermediate": 64, "llm_hidden": 64, "llm_layers": 2, "llm_heads": 4, "llm_intermediate": 128}
+    vision = train_vision(load_config("vision", None, [
+        f"out={tmp_path / 'vision'}", "model_spec=" + json.dumps(spec), "max_steps=2", "batch_size=8",
+        "data=" + json.dumps([{"task": "rsvqa-lr", "root": str(root / "rsvqa"), "options": {"protocol": "full"}}]),
+        "dense_weight=1"]))
+
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(vision), str(root), "--landcover"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    questions, landcover = proc.stdout.split("\n\n")
+    for table, images in ((questions, None), (landcover, "12")):   # val + test: 6 + 6 images
+        rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+                for line in table.splitlines() if line.startswith("| ") and "noun" not in line}
+        assert set(rows) == {"building", "road", "water", "field", "trees", "bare"}
+        if images:
+            assert all(cells[0] == images and 0 <= float(cells[-1].rstrip(" %")) <= 100 for cells in rows.values())

@@ -16,10 +16,21 @@ from unirs_engine.data.synthetic.mosaic import write_mosaic_pair
 from unirs_engine.data.synthetic.writer import write_benchmark
 from unirs_engine.engine import Engine
 from unirs_engine.inputs.pair import read_pair
-from unirs_engine.review import DEFAULT_THRESHOLD, ReviewError, ReviewJob, run_review, set_verdict
-from unirs_engine.review.calibrate import USER_THRESHOLDS, best_threshold, threshold_key
+from unirs_engine.review import DEFAULT_THRESHOLD, LAYER, ReviewError, ReviewJob, run_review
+from unirs_engine.review.calibrate import best_threshold
+from unirs_engine.review.store import now_iso
+from unirs_engine.thresholds import USER_THRESHOLDS, threshold_key
 
 CONFIG_KEY = threshold_key("cem-cosine")
+
+
+def _set_verdict(path, fid, verdict, by) -> None:
+    """An analyst's verdict, written as the QGIS plugin's set_verdict writes it (through OGR)."""
+    ds = ogr.Open(str(path), 1)
+    layer = ds.GetLayerByName(LAYER)
+    feature = layer.GetFeature(fid)
+    feature["verdict"], feature["reviewed_at"], feature["reviewed_by"] = verdict, now_iso(), by
+    layer.SetFeature(feature)
 
 
 def test_best_threshold_by_balanced_accuracy():
@@ -92,12 +103,12 @@ def test_recalibrating_from_verdicts_is_kept_per_user_and_used_by_the_next_revie
     del ds
     assert len(ranked) >= 12
     for _, fid in ranked[:5]:                    # the analyst rejects the five lowest scores...
-        set_verdict(first, fid, "rejected", by="analyst")
+        _set_verdict(first, fid, "rejected", by="analyst")
     assert main(["calibrate-threshold", "--from-review", str(first)]) == 2   # ...not enough yet
     assert "needs at least 5 confirmed and 5 rejected tiles; first.gpkg has 0 confirmed and 5 rejected" in \
         capsys.readouterr().err
     for _, fid in ranked[-5:]:                   # ...and confirms the five highest
-        set_verdict(first, fid, "confirmed", by="analyst")
+        _set_verdict(first, fid, "confirmed", by="analyst")
 
     assert main(["calibrate-threshold", "--from-review", str(first)]) == 0
     said = capsys.readouterr().out

@@ -21,7 +21,7 @@ from rasterio.transform import Affine
 
 from unirs_engine.data.synthetic.mosaic import GROUND_TRUTH, write_mosaic_pair
 from unirs_engine.engine import Engine
-from unirs_engine.review import LAYER, ReviewError, ReviewJob, plan_review, run_review, set_verdict
+from unirs_engine.review import LAYER, ReviewError, ReviewJob, plan_review, run_review
 from unirs_engine.review.tiles import TileReader
 from unirs_engine.testing.rasters import write_raster
 
@@ -338,7 +338,11 @@ def test_another_job_on_the_same_out_is_refused_and_verdicts_survive_resume(engi
     ds = ogr.Open(job.out)
     fid = ds.GetLayerByName(LAYER).GetNextFeature().GetFID()
     del ds
-    set_verdict(job.out, fid, "rejected")
+    ds = ogr.Open(job.out, 1)   # a verdict, written as the QGIS plugin's set_verdict writes it (through OGR)
+    feat = ds.GetLayerByName(LAYER).GetFeature(fid)
+    feat["verdict"], feat["reviewed_at"] = "rejected", "2024-05-06T07:08:09.000Z"
+    ds.GetLayerByName(LAYER).SetFeature(feat)
+    del ds
     with pytest.raises(ReviewError, match=r"verdict\.gpkg holds a review with tile_size=32(\.0)?; delete it"):
         run_review(engine, _job(holed, "verdict.gpkg", **{**RESUME, "tile_size": 64}))
     with pytest.raises(ReviewError, match=r"holds a review with caption_all=True"):

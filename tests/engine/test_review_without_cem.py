@@ -16,7 +16,7 @@ from unirs_engine.data.synthetic.writer import write_benchmark
 from unirs_engine.engine import Engine, InvalidRequest
 from unirs_engine.inputs.pair import read_pair
 from unirs_engine.review import ReviewError, ReviewJob, run_review
-from unirs_engine.review.calibrate import threshold_key
+from unirs_engine.thresholds import threshold_key
 from unirs_engine.testing.tiny import build_tiny_vila_checkpoint
 
 
@@ -42,7 +42,7 @@ def test_feature_score_is_one_minus_the_mean_patch_cosine(vila, mosaics):
     before, after = mosaics
     same = read_pair(str(before), str(before))
     pair = read_pair(str(before), str(after))
-    feats = vila._encode(list(pair))                                              # (2, P, D)
+    feats = vila.encode(list(pair))                                               # (2, P, D)
     cosine = torch.nn.functional.cosine_similarity(feats[0], feats[1], dim=-1)   # (P,)
     s_same, s_pair = vila.change_scores([same, pair])
     assert s_same == pytest.approx(0.0, abs=1e-6)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from unirs_engine import prompts
 from unirs_engine.data import load_samples
 from unirs_engine.data.synthetic import write_benchmark, write_mosaic_pair
 from unirs_engine.data.synthetic.captions import NO_CHANGE_SENTENCES, change_captions
-from unirs_engine.data.synthetic.command import register
+from unirs_engine.cli import main as cli_main
 from unirs_engine.data.synthetic.events import CHANGE_EVENTS, NO_CHANGE, make_pair
 from unirs_engine.data.synthetic.render import render
 from unirs_engine.data.synthetic.scene import REGION_NAMES, make_scene
@@ -104,7 +103,7 @@ def test_same_seed_same_json_other_seed_differs(bench, tmp_path):
     again = tmp_path / "again"
     write_benchmark(again, seed=3, progress=False, **SMALL)
     jsons = sorted(p.relative_to(bench) for p in bench.rglob("*.json"))
-    assert len(jsons) == 3 * 3 + 3     # 9 RSVQA files, captions, ERA split, manifest
+    assert len(jsons) == 3 * 3 + 4     # 9 RSVQA files, captions, ERA split, manifest, land-cover classes
     for rel in jsons:
         assert (bench / rel).read_bytes() == (again / rel).read_bytes(), rel
     other = tmp_path / "other"
@@ -190,28 +189,22 @@ def test_scene_layouts_and_water_is_visible_where_the_scene_says():
 
 
 def test_synth_command_registers_and_runs(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="unirs")
-    register(parser.add_subparsers(dest="command", required=True))
-    out = tmp_path / "cli"
-    args = parser.parse_args(["synth", "--out", str(out), "--seed", "1", "--images", "2", "--pairs", "2",
-                              "--videos", "1", "--size", "32", "--quiet"])
-    assert args.func(args) == 0
+    argv = ["synth", "--out", str(tmp_path / "cli"), "--seed", "1", "--images", "2", "--pairs", "2",
+            "--videos", "1", "--size", "32", "--quiet"]
+    assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "samples/s" in printed and "2 (2/0/0 train/val/test) pairs" in printed
-    assert args.func(args) == 2 and "already exists" in capsys.readouterr().err
+    assert cli_main(argv) == 2 and "unirs synth: error: " in capsys.readouterr().err   # already exists
 
 
 def test_synth_mosaic_command(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="unirs")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["synth-mosaic", "--out", str(tmp_path / "m"), "--size", "256", "--tile", "128",
-                              "--after-crs", "EPSG:4326"])
-    assert args.func(args) == 0
+    argv = ["synth-mosaic", "--out", str(tmp_path / "m"), "--size", "256", "--tile", "128"]
+    assert cli_main([*argv, "--after-crs", "EPSG:4326"]) == 0
     assert "changes.json" in capsys.readouterr().out
     with rasterio.open(tmp_path / "m" / "after_2023-06-01.tif") as a:
         assert a.crs.to_epsg() == 4326
-    args.after_crs = "EPSG:99999999"
-    assert args.func(args) == 2 and "after_crs 'EPSG:99999999' is not a CRS" in capsys.readouterr().err
+    assert cli_main([*argv, "--after-crs", "EPSG:99999999"]) == 2
+    assert "unirs synth-mosaic: error: after_crs 'EPSG:99999999' is not a CRS" in capsys.readouterr().err
 
 
 def test_unirs_cli_runs_synth(tmp_path):
@@ -260,3 +253,60 @@ def test_mosaic_streams_tile_by_tile(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 2048 * 2048 * 3 / 2      # never near one whole uint8 mosaic in memory
+
+
+# ---- land-cover fractions (dense targets of the vision stage) -------------------------------------
+
+def test_landcover_beside_every_image_and_pair_date_matches_the_pixels(bench):
+    from unirs_engine.data.synthetic.landcover import CLASSES, landcover_path, read_landcover
+    from unirs_engine.data.synthetic.scene import GRID
+
+    assert json.loads((bench / "landcover.json").read_text())["classes"] == list(CLASSES)
+    samples = load_samples("synthetic", bench, split="train")
+    pictures = {p for s in samples if s.kind is not InputKind.SEQUENCE for p in s.images}
+    assert len(pictures) == 16 + 2 * 16
+    water_seen = 0
+    for path in sorted(pictures):
+        stored = np.load(landcover_path(path))
+        assert stored.shape == (len(CLASSES), GRID, GRID) and stored.dtype == np.uint8
+        cover = read_landcover(path)                                        # (C, 32, 32) in 0..1
+        assert cover.sum(0).max() <= 1.02                                  # one kind per pixel (+ rounding)
+        with rasterio.open(path) as src:
+            rgb = np.moveaxis(src.read(), 0, -1).astype(int)               # (64, 64, 3)
+        blue = ((rgb[..., 0] < 70) & (rgb[..., 2] > rgb[..., 0] + 40)).reshape(GRID, 2, GRID, 2).mean((1, 3))
+        water = cover[CLASSES.index("water")]
+        assert abs(water.mean() - blue.mean()) < 0.01, path                 # shadows on water are not blue
+        if water.mean() > 0.02:
+            water_seen += 1
+            assert np.corrcoef(water.ravel(), blue.ravel())[0, 1] > 0.9, path
+    assert water_seen >= 5
+
+
+def test_landcover_fractions_follow_the_objects_and_their_painting_order():
+    from unirs_engine.data.synthetic.landcover import CLASSES, fractions
+    from unirs_engine.data.synthetic.scene import Scene
+
+    scene = Scene("rural", [], texture_seed=0)
+    scene.add("water", "rect", (0, 0, 8, 8))
+    scene.add("trees", "circles", ((4.0, 4.0, 2.0),))           # painted over the water
+    scene.add("field", "rect", (16, 16, 32, 24))
+    cover = fractions(scene, 64)                                 # (C, 32, 32)
+    water, trees, field = (cover[CLASSES.index(k)] for k in ("water", "trees", "field"))
+    assert field[16:, 16:24].min() == 1 and field.sum() == 16 * 8
+    assert trees[4, 4] == 1 and water[4, 4] == 0 and water[0, 0] == 1 and water[8:].sum() == 0
+    assert np.allclose((water + trees)[:8, :8], 1) and water.sum() + trees.sum() == 64
+    assert cover.sum() == 64 + 16 * 8
+
+
+def test_writing_landcover_leaves_every_other_file_as_it_was(bench, tmp_path, monkeypatch):
+    from unirs_engine.data.synthetic import writer
+
+    monkeypatch.setattr(writer, "write_landcover", lambda *args: None)
+    plain = tmp_path / "plain"
+    write_benchmark(plain, seed=3, progress=False, **SMALL)
+    files = sorted(p.relative_to(plain) for p in plain.rglob("*") if p.is_file())
+    with_masks = {p.relative_to(bench) for p in bench.rglob("*") if p.is_file()}
+    assert {rel for rel in with_masks if "landcover" not in rel.parts} == set(files) and len(files) > 100
+    for rel in files:   # libx264 is not byte-reproducible run to run (threads), with or without masks
+        if rel.suffix != ".mp4":
+            assert (bench / rel).read_bytes() == (plain / rel).read_bytes(), rel

@@ -1,6 +1,5 @@
 """Training stages on tiny data: configs, labels, loss falling, freezing, resume, saved checkpoints."""
 
-import argparse
 import json
 
 import numpy as np
@@ -425,17 +424,113 @@ def test_vision_init_of_another_size_is_refused(vision_run, loaded, tmp_path):
 
 
 def test_train_command(tiny_checkpoint, datasets, tmp_path, capsys):
-    from unirs_engine.train.command import register
+    from unirs_engine.cli import main
 
-    parser = argparse.ArgumentParser(prog="unirs")
-    register(parser.add_subparsers(dest="command"))
     path = write_json(tmp_path / "instruct.json", {"out": str(tmp_path / "run"), "model": str(tiny_checkpoint),
                                                    "data": mixture(datasets), "num_frames": 2})
-    args = parser.parse_args(["train", "instruct", "--config", str(path), "--set", "max_steps=2",
-                              "--set", "batch_size=3"])
-    assert args.func(args) == 0
+    assert main(["train", "instruct", "--config", str(path), "--set", "max_steps=2", "--set", "batch_size=3"]) == 0
     assert f"checkpoint: {tmp_path / 'run' / 'checkpoint'}" in capsys.readouterr().out
     assert len(losses(tmp_path / "run")) == 2
-    bad = parser.parse_args(["train", "instruct", "--config", str(path), "--set", "lr=-1"])
-    assert bad.func(bad) == 2
-    assert "lr: must be > 0" in capsys.readouterr().err
+    assert main(["train", "instruct", "--config", str(path), "--set", "lr=-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unirs train: error: ") and "lr: must be > 0" in err
+
+
+# ---- vision stage: the land-cover head (dense_weight) ----------------------------------------------
+
+def water_cover(water: bool) -> np.ndarray:
+    """(C, 32, 32) uint8 land-cover fractions of a fixture scene: water where its blue square is."""
+    from unirs_engine.data.synthetic.landcover import CLASSES, SCALE
+    from unirs_engine.data.synthetic.scene import GRID
+
+    edges = np.arange(GRID + 1) * SIZE / GRID                                      # cell edges, pixels
+    inside = np.clip(np.minimum(edges[1:], 30) - np.maximum(edges[:-1], 10), 0, None) * GRID / SIZE  # (GRID,)
+    cover = np.zeros((len(CLASSES), GRID, GRID), np.uint8)
+    if water:
+        cover[CLASSES.index("water")] = np.round(np.outer(inside, inside) * SCALE)
+    return cover
+
+
+@pytest.fixture(scope="module")
+def covered(tmp_path_factory):
+    """4 images (water on every other) and 2 pairs (water appears in the changed one), with land cover."""
+    from unirs_engine.data.synthetic.landcover import landcover_path
+
+    root = tmp_path_factory.mktemp("covered")
+    rsvqa, levircc = write_rsvqa_lr(root / "rsvqa", n_images=4), write_levircc(root / "levircc", unchanged=(1,))
+    pictures = [(rsvqa / "Images_LR" / f"{i}.tif", i % 2 == 0) for i in range(4)]
+    for i in range(2):
+        name = f"train_{i:06d}.tif"
+        pictures += [(levircc / "images/train/A" / name, False), (levircc / "images/train/B" / name, i == 0)]
+    for image, water in pictures:
+        landcover_path(image).parent.mkdir(exist_ok=True)
+        np.save(landcover_path(image), water_cover(water))
+    return [{"task": "rsvqa-lr", "root": str(rsvqa)}, {"task": "levir-cc", "root": str(levircc)}]
+
+
+def dense_config(out, data, *overrides):
+    # 4 images + 2 pairs: one fixed batch of 6
+    return load_config("vision", None, [
+        f"out={out}", "model_spec=" + json.dumps(TINY_SPEC), "data=" + json.dumps(data), "batch_size=6",
+        "max_steps=30", "epochs=100", "lr=3e-3", "warmup_ratio=0", "log_every=1", "augment=false",
+        "eval_split=train", "min_caption_word_count=1", *overrides])
+
+
+def parts(out):
+    return [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+
+
+def test_landcover_targets_follow_the_projector_token_order():
+    from unirs_engine.model.projector import DownSampleBlock
+    from unirs_engine.train.vision_pretrain import LandCoverHead
+
+    for g in (4, 5):   # odd: DownSampleBlock zero-pads the last row and column
+        patches = torch.rand(2, 3, g, g)                                         # (M, C, g, g)
+        merged = DownSampleBlock()(patches.flatten(2).transpose(1, 2))           # (M, T, 4C)
+        expected = merged.reshape(2, -1, 4, 3).mean(2)                           # (M, T, C)
+        torch.testing.assert_close(LandCoverHead(8, 3, g).targets(patches), expected)
+    cells = torch.zeros(1, 1, 32, 32)
+    cells[..., :16, 16:] = 1                                                     # the top right quarter
+    assert LandCoverHead(8, 1, 4).targets(cells)[0, :, 0].tolist() == [0, 0, 1, 0]   # token = col * 2 + row
+
+
+def test_vision_land_cover_head_learns_and_leaves_the_rest_as_before(covered, tmp_path):
+    from unirs_engine.train.vision_pretrain import train_vision
+
+    plain = train_vision(dense_config(tmp_path / "plain", covered, "dense_weight=0"))
+    dense = train_vision(dense_config(tmp_path / "dense", covered, "dense_weight=0.5"))
+    assert not (tmp_path / "plain" / "losses.jsonl").exists()
+    assert "landcover_ap" not in json.loads((plain / "vision.json").read_text())
+    # The head is made last: both runs start from the same tower, projector and classifier.
+    split = parts(tmp_path / "dense")
+    assert [p["step"] for p in split] == list(range(1, 31))
+    assert split[0]["classifier"] == pytest.approx(losses(tmp_path / "plain")[0], rel=1e-6)
+    for total, p in zip(losses(tmp_path / "dense"), split):
+        assert total == pytest.approx(p["classifier"] + 0.5 * p["dense"], rel=1e-5)
+    assert split[-1]["dense"] < 0.2 * split[0]["dense"]
+    info = json.loads((dense / "vision.json").read_text())
+    assert set(info["landcover_ap"]["train"]) == {"water"} and info["landcover_ap"]["train"]["water"]["ap"] == 1.0
+    assert info["accuracy"]["train"]["pictures"] == 1.0
+    assert tensors(dense).keys() == tensors(plain).keys()    # the head is not kept
+
+
+def test_vision_with_land_cover_resumes_to_the_same_weights_and_losses(covered, tmp_path):
+    from unirs_engine.train.vision_pretrain import train_vision
+
+    # batches of 2 with accumulation 2: 2 optimizer steps per epoch, so state-3 is mid-epoch
+    args = ("batch_size=2", "grad_accum=2", "max_steps=6", "dense_weight=1")
+    whole = train_vision(dense_config(tmp_path / "whole", covered, *args, "save_every=3"))
+    resumed = train_vision(dense_config(tmp_path / "resumed", covered, *args), resume=tmp_path / "whole" / "state-3")
+    a, b = tensors(whole), tensors(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert parts(tmp_path / "resumed") == parts(tmp_path / "whole")[3:]
+    assert [p["step"] for p in parts(tmp_path / "resumed")] == [4, 5, 6]
+
+
+def test_dense_weight_without_land_cover_is_refused(datasets, tmp_path):
+    from unirs_engine.train.vision_pretrain import train_vision
+
+    with pytest.raises(ConfigError, match="no training picture has land-cover fractions"):
+        train_vision(dense_config(tmp_path / "none", [mixture(datasets)[0]], "dense_weight=1"))
+    with pytest.raises(ConfigError, match="dense_weight: must be >= 0"):
+        dense_config(tmp_path / "neg", [mixture(datasets)[0]], "dense_weight=-1")

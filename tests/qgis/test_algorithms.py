@@ -17,7 +17,7 @@ from qgis.PyQt.QtCore import QDate
 
 from tests.qgis.recording import RecordingFeedback
 from unirs_engine.testing.rasters import ORIGIN, pattern, write_pair, write_raster, write_video
-from unirs_qgis.answers import ASK_FIELDS, CHANGE_FIELDS, CLASSIFY_FIELDS
+from unirs_qgis.answers import ask_fields, change_fields, classify_fields
 from unirs_qgis.engine_link import get_client
 from unirs_qgis.settings import PluginSettings
 
@@ -62,7 +62,7 @@ def test_ask_writes_the_footprint_and_answer(run, data, tmp_path):
     result = run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "How many buildings?",
                                "EXTENT": extent, "OUTPUT": str(out)})
     layer, (feature,) = read_features(result["OUTPUT"])
-    assert layer.fields().names()[1:] == ASK_FIELDS().names()  # (fid first)
+    assert layer.fields().names()[1:] == ask_fields().names()  # (fid first)
     assert layer.crs().authid() == "EPSG:32633" and layer.wkbType() in (QgsWkbTypes.Polygon,
                                                                          QgsWkbTypes.MultiPolygon)
     assert box(feature) == pytest.approx((ORIGIN[0] + 100, ORIGIN[1] - 500, ORIGIN[0] + 420, ORIGIN[1] - 100))
@@ -93,7 +93,7 @@ def test_describe_change_pair_in_different_crs(run, data, tmp_path):
     result = run("unirs:describe_change", {"BEFORE": str(data["before"]), "AFTER": str(data["after"]),
                                            "OUTPUT": str(tmp_path / "change.gpkg")})
     layer, (feature,) = read_features(result["OUTPUT"])
-    assert layer.fields().names()[1:] == CHANGE_FIELDS().names()
+    assert layer.fields().names()[1:] == change_fields().names()
     assert layer.crs().authid() == "EPSG:32633"  # before's grid: after was aligned onto it
     assert box(feature) == pytest.approx(SCENE_BOUNDS)
     assert feature["date_before"] == QDate(2020, 1, 5) and feature["date_after"] == QDate(2021, 6, 30)
@@ -179,7 +179,7 @@ def test_classify_dated_stack_in_date_order(run, data, tmp_path):
         "LAYERS": [str(p) for p in data["stack"]], "CLASSES": "flood, wildfire, traffic collision",
         "OUTPUT": str(tmp_path / "stack.gpkg")}, feedback=feedback)
     layer, (feature,) = read_features(result["OUTPUT"])
-    assert layer.fields().names()[1:] == CLASSIFY_FIELDS().names()
+    assert layer.fields().names()[1:] == classify_fields().names()
     assert json.loads(feature["frames"]) == ["event_2020-12-01", "event_2021_01_15", "event_20210301"]
     assert feedback.infos[0] == ("Frames in date order: 'event_2020-12-01': 2020-12-01 (layer name); "
                                  "'event_2021_01_15': 2021-01-15 (layer name); "

@@ -9,7 +9,7 @@ from qgis.core import QgsCoordinateReferenceSystem, QgsVectorLayer, QgsWkbTypes
 from qgis.PyQt.QtCore import QDate
 
 from unirs_engine.types import GeoRef, Result
-from unirs_qgis.answers import (ASK_FIELDS, CHANGE_FIELDS, CLASSIFY_FIELDS, _create_table, append_answer,
+from unirs_qgis.answers import (ask_fields, change_fields, classify_fields, _create_table, append_answer,
                                 change_details, feature_from_result, footprint, footprint_crs, open_table)
 
 UTM33_BOUNDS = (500000.0, 4499360.0, 500640.0, 4500000.0)
@@ -23,10 +23,10 @@ def _result(task="ask", crs="EPSG:32633", bounds=UTM33_BOUNDS, extra=None) -> di
 
 
 def test_field_names_match_the_contract():
-    assert ASK_FIELDS().names() == ["question", "answer", "clue", "model", "layer", "extent_crs", "created"]
-    assert CHANGE_FIELDS().names() == ["caption", "changed", "date_before", "date_after", "layer_before",
+    assert ask_fields().names() == ["question", "answer", "clue", "model", "layer", "extent_crs", "created"]
+    assert change_fields().names() == ["caption", "changed", "date_before", "date_after", "layer_before",
                                        "layer_after", "model", "created", "score", "score_kind", "pair_mode"]
-    assert CLASSIFY_FIELDS().names() == ["label", "answer", "frames", "classes", "model", "created"]
+    assert classify_fields().names() == ["label", "answer", "frames", "classes", "model", "created"]
 
 
 def test_footprint_is_the_first_inputs_bounds_in_its_crs():
@@ -40,7 +40,7 @@ def test_footprint_is_the_first_inputs_bounds_in_its_crs():
 def test_feature_from_result_fills_fields_and_transforms():
     result = _result("change", extra={"changed": True, "change_score": 0.25, "change_score_kind": "head",
                                       "pair_mode": "cem"})
-    feature = feature_from_result(result, CHANGE_FIELDS(),
+    feature = feature_from_result(result, change_fields(),
                                   dest_crs=QgsCoordinateReferenceSystem("EPSG:4326"),
                                   date_before=QDate(2020, 1, 1), layer_before="a", layer_after="b")
     assert feature["caption"] == "Two buildings." and feature["changed"] is True
@@ -83,7 +83,7 @@ def test_append_answer_creates_file_then_appends_in_the_tables_crs(tmp_path):
 
 def test_a_change_table_of_an_earlier_version_gets_the_new_fields(tmp_path):
     gpkg = str(tmp_path / "answers.gpkg")
-    earlier = CHANGE_FIELDS()
+    earlier = change_fields()
     for name in ("score_kind", "pair_mode"):     # what the change table had before pairs had modes
         earlier.remove(earlier.indexOf(name))
     _create_table(gpkg, "change", earlier, QgsCoordinateReferenceSystem("EPSG:32633"))

@@ -9,8 +9,8 @@ import os
 import pytest
 from qgis.core import QgsProject
 
-from tests.qgis.test_annotations import LAYER_BOUNDS, _raster, _result, ogr_messages  # noqa: F401 (fixture)
-from unirs_qgis import annotations
+from tests.qgis.test_write_back import LAYER_BOUNDS, _raster, _result, ogr_messages  # noqa: F401 (fixture)
+from unirs_qgis import write_back
 from unirs_qgis.answers import open_table
 from unirs_qgis.answers_store import GROUP_NAME, answer_layers, store_of
 from unirs_qgis.settings import PluginSettings, unsaved_folder
@@ -28,7 +28,7 @@ def default_store(qgis_new_project):
 
 
 def _ask(project, raster, question):
-    return annotations.record_answer(project, [raster], _result("ask", "Yes.", raster.source(), LAYER_BOUNDS),
+    return write_back.record_answer(project, [raster], _result("ask", "Yes.", raster.source(), LAYER_BOUNDS),
                                      question)
 
 
@@ -43,7 +43,7 @@ def test_answers_before_and_after_saving_end_in_one_store(default_store, tmp_pat
     assert os.path.dirname(unsaved) == os.path.normpath(unsaved_folder())
 
     first = _ask(project, raster, "Is there a road?")
-    annotations.record_answer(project, [raster], _result("change", "New houses.", raster.source(), LAYER_BOUNDS,
+    write_back.record_answer(project, [raster], _result("change", "New houses.", raster.source(), LAYER_BOUNDS,
                                                          changed=True), "Describe the change")
     assert first["gpkg"]["path"] == unsaved and os.path.isfile(unsaved)
 
@@ -58,7 +58,7 @@ def test_answers_before_and_after_saving_end_in_one_store(default_store, tmp_pat
     assert _layer_names(project) == ["UniRS answers (ask)", "UniRS answers (change)", "UniRS notes",
                                      "scene_2021-06-30"]
     assert [f["question"] for f in layers["ask"].getFeatures()] == ["Is there a road?", "Is there a lake?"]
-    assert {r["gpkg"]["path"] for r in annotations.answers_of(raster)} == {store} == {second["gpkg"]["path"]}
+    assert {r["gpkg"]["path"] for r in write_back.answers_of(raster)} == {store} == {second["gpkg"]["path"]}
     group = project.layerTreeRoot().findGroup(GROUP_NAME)
     assert len(group.findLayers()) == 3
 

@@ -16,9 +16,9 @@ from qgis.core import (Qgis, QgsAnnotationLayer, QgsApplication, QgsCoordinateRe
 from qgis.PyQt.QtCore import QDate, Qt
 from qgis.PyQt.QtTest import QTest
 
-from tests.qgis.test_annotations import disjoint, rendered_box
+from tests.qgis.test_write_back import disjoint, rendered_box
 from unirs_engine.testing.rasters import UTM33, grid, pattern, write_raster
-from unirs_qgis import annotations, engine_link
+from unirs_qgis import engine_link, write_back
 from unirs_qgis import notes as map_notes
 from unirs_qgis.answers import open_table
 from unirs_qgis.dock.settings_dialog import SettingsDialog
@@ -134,7 +134,7 @@ def test_ask_writes_answer_back_and_survives_reload(dock, qgis_iface, tmp_path, 
 
     assert not warnings_of(qgis_iface)
     assert dock.ask_button.isEnabled() and not dock.cancel_button.isEnabled()
-    (record,) = annotations.answers_of(layer)
+    (record,) = write_back.answers_of(layer)
     assert record["question"] == "How many buildings are there?" and record["task"] == "ask"
     assert record["model"] == "unirs-tiny" and record["device"] == "cpu"
     # what the model read is the visible part of the layer (to the pixel grid); the note is there
@@ -188,8 +188,8 @@ def test_describe_change_of_two_dated_layers(dock, qgis_iface, tmp_path):
     wait_idle(dock)
 
     assert not warnings_of(qgis_iface)
-    (record,) = annotations.answers_of(after)
-    assert annotations.answers_of(before) == [record]
+    (record,) = write_back.answers_of(after)
+    assert write_back.answers_of(before) == [record]
     assert record["task"] == "change" and record["question"] == "Describe the change"
     assert isinstance(record["extra"]["changed"], bool) and record["extra"]["pair_mode"] == "cem"
     assert "\nCompared through the Change Extraction module; change score " in dock.status_label.text()
@@ -211,7 +211,7 @@ def test_classify_a_dated_stack(dock, qgis_iface, tmp_path):
     classify_all(dock)
 
     assert not warnings_of(qgis_iface)
-    (record,) = annotations.answers_of(layers[0])
+    (record,) = write_back.answers_of(layers[0])
     assert record["task"] == "classify"
     frames = record["extra"]["frames"]          # sent oldest first, whatever the project order
     assert [os.path.basename(f) for f in frames] == [
@@ -241,13 +241,13 @@ def test_cancel_mid_run_records_nothing(dock, qgis_iface, tmp_path):
     assert dock.status_label.text() == "Cancelled."
     assert dock.ask_button.isEnabled() and not dock.cancel_button.isEnabled()
     assert task.record is None and task.error is None
-    assert annotations.answers_of(layer) == []
+    assert write_back.answers_of(layer) == []
     assert not QgsProject.instance().mapLayersByName(map_notes.NOTES_LAYER_NAME)
     assert not warnings_of(qgis_iface)
 
     dock.ask_button.click()           # the engine still answers afterwards
     wait_idle(dock)
-    assert len(annotations.answers_of(layer)) == 1
+    assert len(write_back.answers_of(layer)) == 1
 
 
 def test_unreadable_layer_gives_a_message_not_a_crash(dock, qgis_iface, tmp_path):
@@ -264,7 +264,7 @@ def test_unreadable_layer_gives_a_message_not_a_crash(dock, qgis_iface, tmp_path
     (message,) = warnings_of(qgis_iface)
     assert message.startswith("UniRS:") and "broken.tif" in message
     assert dock.ask_button.isEnabled()
-    assert annotations.answers_of(layer) == []
+    assert write_back.answers_of(layer) == []
     assert not QgsProject.instance().mapLayersByName(map_notes.NOTES_LAYER_NAME)
 
 
@@ -295,7 +295,7 @@ def test_in_memory_layer_is_exported_for_the_engine(dock, qgis_iface):
     wait_idle(dock)
 
     assert not warnings_of(qgis_iface)
-    (record,) = annotations.answers_of(layer)
+    (record,) = write_back.answers_of(layer)
     exported = task.result["georef"][0]["source"]      # the worker read a temporary GeoTIFF ...
     assert exported.endswith(".tif") and "/vsimem/" not in exported
     assert not os.path.exists(exported)                 # ... removed once answered
@@ -316,7 +316,7 @@ def test_extent_outside_a_non_file_layer_is_a_message(dock, qgis_iface):
 
     (message,) = warnings_of(qgis_iface)
     assert "'elsewhere'" in message and "does not overlap" in message
-    assert annotations.answers_of(layer) == []
+    assert write_back.answers_of(layer) == []
 
 
 def test_missing_inputs_are_explained(dock, qgis_iface):
@@ -371,7 +371,7 @@ def test_answers_about_one_area_share_a_note_that_no_other_note_covers(dock, qgi
         wait_idle(dock)
 
     assert not warnings_of(qgis_iface)
-    change, first, second = annotations.answers_of(after)
+    change, first, second = write_back.answers_of(after)
     assert first["note"] == second["note"] != change["note"]
     notes = QgsProject.instance().mapLayersByName(map_notes.NOTES_LAYER_NAME)[0]
     assert len(notes.items()) == 2
@@ -401,7 +401,7 @@ def test_reversed_pair_is_swapped_with_a_warning(dock, qgis_iface, tmp_path):
     assert warning[len("UniRS:"):] in dock.status_label.text()          # shown while it runs
     wait_idle(dock)
     assert warning[len("UniRS:"):] in dock.status_label.text()          # and under the answer
-    (record,) = annotations.answers_of(new)
+    (record,) = write_back.answers_of(new)
     assert record["layers"] == [old.id(), new.id()] and record["dates"] == ["2019-04-15", "2023-04-15"]
     feature = list(open_table(record["gpkg"]["path"], "change").getFeatures())[-1]
     assert (feature["date_before"], feature["date_after"]) == (QDate(2019, 4, 15), QDate(2023, 4, 15))
@@ -428,7 +428,7 @@ def test_undated_layers_prompt_for_their_dates(dock, qgis_iface, tmp_path):
     dock.after_date.setDate(QDate(2020, 5, 1))
     dock.change_button.click()
     wait_idle(dock)
-    (record,) = annotations.answers_of(first)
+    (record,) = write_back.answers_of(first)
     assert record["layers"] == [first.id(), second.id()] and record["dates"] == ["2020-05-01", "2022-05-01"]
 
 
@@ -441,7 +441,7 @@ def test_sequence_uses_the_canvas_extent_and_keeps_its_history(dock, qgis_iface,
     classify_all(dock)
 
     assert not warnings_of(qgis_iface)
-    (record,) = annotations.answers_of(layers[0])
+    (record,) = write_back.answers_of(layers[0])
     seen = qgis_iface.mapCanvas().extent().intersect(layers[0].extent())
     assert record["extent"] == pytest.approx(
         [seen.xMinimum(), seen.yMinimum(), seen.xMaximum(), seen.yMaximum()], abs=10)   # not the whole layer
@@ -465,7 +465,7 @@ def test_enter_asks_and_shift_enter_starts_a_new_line(dock, qgis_iface, tmp_path
     QTest.keyClick(dock.question_edit, Qt.Key_Return)
     assert dock.is_busy()
     wait_idle(dock)
-    (record,) = annotations.answers_of(layer)
+    (record,) = write_back.answers_of(layer)
     assert record["question"] == "Is there a road\nnear the river?"
 
 
@@ -513,7 +513,7 @@ def test_clue_box_needs_a_clue_model_then_asks_for_a_clue(dock, qgis_iface, tmp_
         dock.ask_button.click()
         wait_idle(dock)
         assert not warnings_of(qgis_iface)
-        (record,) = annotations.answers_of(layer)
+        (record,) = write_back.answers_of(layer)
         assert isinstance(record["clue"], str) and record["clue"]       # the base model's clue
         assert engine_link.get_client().info()["clue_model_id"]
     finally:

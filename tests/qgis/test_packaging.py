@@ -94,4 +94,4 @@ def test_unzipped_plugin_loads_in_a_fresh_qgis_python(plugin_zip, tmp_path):
     out = subprocess.run(["/usr/bin/python3", "-c", script, str(tmp_path / "plugins")], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "['unirs:ask', 'unirs:classify_sequence', 'unirs:describe_change', 'unirs:review_changes', 'unirs:setup_engine']" in out.stdout
+    assert "['unirs:ask', 'unirs:classify_sequence', 'unirs:describe_change', 'unirs:review_archive', 'unirs:review_changes', 'unirs:setup_engine']" in out.stdout

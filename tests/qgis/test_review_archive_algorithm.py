@@ -15,6 +15,7 @@ from qgis.core import (QgsGraduatedSymbolRenderer, QgsProcessingContext, QgsProc
                        QgsVectorLayer)
 
 from tests.qgis.recording import RecordingFeedback
+from tests.qgis.test_review_algorithm import engine_record
 from unirs_engine.data.synthetic.mosaic import write_mosaic_pair
 from unirs_engine.review.job import TILE_UNITS, ReviewJob
 
@@ -37,15 +38,6 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return path
-
-
-def engine_record(gpkg: str) -> dict:
-    """The run record the engine keeps in a pair's GeoPackage, read with OGR."""
-    ds = ogr.Open(gpkg)
-    assert ds is not None, gpkg
-    (record,) = [f.items() for f in ds.GetLayerByName("unirs_review_runs")]
-    record["features"] = ds.GetLayerByName("changes").GetFeatureCount()
-    return record
 
 
 def test_parameters_follow_the_review_job_and_help_names_them(unirs_provider, unirs_home, tmp_path):

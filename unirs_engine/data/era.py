@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from .. import prompts
 from ..types import InputKind, Sample
-from .errors import DataError, check_on_error, read_json, report, require_file
+from .records import DataError, check_on_error, read_json, report, require_file
 
 SPLIT_FILE = "split.json"
 

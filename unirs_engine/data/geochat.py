@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import prompts
 from ..types import InputKind, Sample
-from .errors import DataError, check_on_error, read_json, report, require_file
+from .records import DataError, check_on_error, read_json, report, require_file
 
 
 def read_geochat(root: str | Path, split: str = "train", *, on_error: str = "raise",

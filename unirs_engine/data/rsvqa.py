@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import prompts
 from ..types import InputKind, Sample
-from .errors import DataError, check_on_error, read_json, report, require_file
+from .records import DataError, check_on_error, read_json, report, require_file
 
 LAYOUTS = {"lr": ("LR_split", "Images_LR"), "hr": ("USGS_split", "Data")}
 PROTOCOLS = ("geochat", "full")

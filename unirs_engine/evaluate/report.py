@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from ..atomic import write_atomic
 from .captions import METRICS
 
 # RSVQA question types in Table III order, then HR's extra ones.
@@ -14,13 +14,6 @@ VQA_COLUMNS = {"presence": "Presence", "comp": "Comparison", "rural_urban": "Rur
                "count": "Count", "area": "Area"}
 CHANGE_SUBSETS = ("all", "changed", "unchanged")
 MAX_LISTED = 20  # skipped samples named in report.md; report.json lists all
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, then move it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _pct(x: float | None, digits: int = 2) -> str:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from tqdm import tqdm
 
 from .. import prompts
+from ..errors import UnirsError
+from ..jsonlines import read_finished
 from ..types import TWO_IMAGE_PAIR, InputKind, Result, Sample
 from .captions import scores_by_change
 from .metrics import classification_report, vqa_accuracy
@@ -32,7 +34,7 @@ PREDICTIONS = "predictions.jsonl"
 Key = tuple[str, str]  # (benchmark, sample id): synthetic ids may repeat across its benchmarks
 
 
-class EvalError(RuntimeError):
+class EvalError(UnirsError, RuntimeError):
     """An evaluation that cannot go on; the message names the file or record."""
 
 
@@ -129,29 +131,8 @@ def _check_engine(info: dict, clue: bool) -> None:
 
 def read_predictions(path: Path) -> dict[Key, dict]:
     """Records of a predictions file by key; an unfinished last line is cut off with a warning."""
-    if not path.exists():
-        return {}
-    records: dict[Key, dict] = {}
-    lines = path.read_bytes().splitlines(keepends=True)
-    good = 0  # bytes of complete records
-    for n, line in enumerate(lines, 1):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("no end of line")
-            rec = json.loads(line)
-            key = (rec["benchmark"], rec["id"])
-        except (ValueError, KeyError, TypeError) as exc:
-            if n < len(lines):
-                raise EvalError(f"{path}:{n}: not a prediction record ({exc}); move the file away "
-                                "or run without resume") from exc
-            warnings.warn(f"{path}:{n}: dropped an unfinished last line (a killed run?); "
-                          "its sample is predicted again", RuntimeWarning, stacklevel=2)
-            with path.open("r+b") as f:
-                f.truncate(good)
-            break
-        records[key] = rec
-        good += len(line)
-    return records
+    return read_finished(path, lambda record: (record["benchmark"], record["id"]), lambda where, why: EvalError(
+        f"{where}: not a prediction record ({why}); move the file away or run without resume"))
 
 
 def _check_same_run(records: dict[Key, dict], path: Path, run: dict) -> None:

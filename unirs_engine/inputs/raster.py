@@ -25,6 +25,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
+from ..errors import UnirsError
 from ..types import Chip, GeoRef
 
 PAD_RGB = (127, 127, 127)  # SigLIP's mean colour: what the model sees where there is no data
@@ -36,7 +37,7 @@ _EDGE_EPS = 1e-6           # pixels; keeps float noise in from_bounds from addin
 MAX_READ_PIXELS = 100_000_000
 
 
-class EmptyFileError(OSError):
+class EmptyFileError(UnirsError, OSError):
     """A file of 0 bytes (GDAL only says it does not recognise the format)."""
 
 

@@ -7,7 +7,7 @@ from importlib import import_module
 from .job import DEFAULT_THRESHOLD, ReviewError, ReviewJob, ReviewSummary
 from .schema import LAYER
 
-_LAZY = {"ReviewPlan": "grid", "plan_review": "grid", "run_review": "run", "set_verdict": "store"}
+_LAZY = {"ReviewPlan": "grid", "plan_review": "grid", "run_review": "run"}
 
 __all__ = ["DEFAULT_THRESHOLD", "LAYER", "ReviewError", "ReviewJob", "ReviewSummary", *_LAZY]
 

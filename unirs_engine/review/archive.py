@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..evaluate.report import write_atomic
+from ..atomic import write_atomic
 from .grid import ReviewPlan, plan_review
 from .job import ReviewError, ReviewJob
 from .manifest import ArchivePair, read_manifest
@@ -80,7 +80,8 @@ class _PairRun:
     def __init__(self, report: PairReport, job: ReviewJob, plan: ReviewPlan):
         self.report, self.job, self.plan = report, job, plan
         self.store: ReviewStore | None = None
-        self.waiting: dict[int, Outcome] = {}     # unit start -> outcome, until the tiles before it are in
+        self.waiting: dict[int, tuple[int, Outcome]] = {}   # unit start -> (its stop, outcome), until the
+                                                             # tiles before it are committed
         self.t0 = 0.0
 
 
@@ -110,15 +111,14 @@ def run_archive(manifest: str | Path, out_dir: str | Path, pool, options: dict[s
     settled = pool.describe(ReviewJob("before", "after", "archive.gpkg", **options))
     shared = {k: v for k, v in settled["job"].to_dict().items() if k not in PER_PAIR}
     runs = [_plan(pair, report, out, shared) for pair, report in zip(pairs, summary.pairs)]
-    total = sum(r.plan.total_tiles for r in runs if r is not None)
-    state = dict(done=0)
+    # Tiles of the archive's progress: a pair that fails takes its unfinished tiles out of the total.
+    state = dict(done=0, total=sum(r.plan.total_tiles for r in runs if r is not None))
 
     def commit(run: _PairRun) -> None:
         store, report = run.store, run.report
         while store.state.next_tile in run.waiting:
             start = store.state.next_tile
-            outcome = run.waiting.pop(start)
-            stop = _stop_of(run, start)
+            stop, outcome = run.waiting.pop(start)
             store.append(outcome.results, next_tile=stop, skipped_nodata=outcome.skipped_nodata,
                          skipped_outside=outcome.skipped_outside)
             report.read_s += outcome.read_s
@@ -128,7 +128,8 @@ def run_archive(manifest: str | Path, out_dir: str | Path, pool, options: dict[s
             _update(report, store)
             report.seconds = time.perf_counter() - run.t0
             if progress:
-                progress(state["done"], total, f"{report.name}: tile {store.state.next_tile}/{run.plan.total_tiles}")
+                progress(state["done"], state["total"],
+                         f"{report.name}: tile {store.state.next_tile}/{run.plan.total_tiles}")
         if store.state.finished:
             _finish(run, DONE, summary)
 
@@ -142,6 +143,7 @@ def run_archive(manifest: str | Path, out_dir: str | Path, pool, options: dict[s
                 run.store = ReviewStore.open(run.job, run.plan, settled["model_id"], settled["threshold_source"],
                                              run.job.score)
             except ReviewError as exc:          # another job in that file, a busy or read-only file
+                state["total"] -= run.plan.total_tiles
                 _fail(run.report, exc, summary)
                 runs[index] = None
                 continue
@@ -162,13 +164,15 @@ def run_archive(manifest: str | Path, out_dir: str | Path, pool, options: dict[s
             if run is None or run.report.status == FAILED:
                 continue                                 # units of a pair that already failed
             if isinstance(outcome, ReviewError):
+                state["total"] -= run.plan.total_tiles - run.store.state.next_tile
                 _fail(run.report, outcome, summary, run)
                 continue
-            run.waiting[unit.start] = outcome
+            run.waiting[unit.start] = (unit.stop, outcome)
             commit(run)
             if is_cancelled and is_cancelled():
-                summary.cancelled = True
                 break
+        unfinished = any(r is not None and r.report.status == WAITING for r in runs)
+        summary.cancelled = unfinished and bool(is_cancelled and is_cancelled())
     finally:
         for run in runs:
             if run is not None and run.store is not None and run.report.status not in (DONE, FAILED):
@@ -188,10 +192,6 @@ def _plan(pair: ArchivePair, report: PairReport, out: Path, shared: dict) -> _Pa
         return None
     report.gpkg, report.total_tiles = job.out, plan.total_tiles
     return _PairRun(report, job, plan)
-
-
-def _stop_of(run: _PairRun, start: int) -> int:
-    return min((start // run.job.batch_size + 1) * run.job.batch_size, run.plan.total_tiles)
 
 
 def _update(report: PairReport, store: ReviewStore) -> None:

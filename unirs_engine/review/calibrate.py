@@ -10,8 +10,8 @@ The head's is chosen on mosaic-like copies of the pairs (augment.py), since that
 An analyst's confirmed/rejected tiles of a review are such labelled pairs too: a threshold fitted to
 them is stored in the user's data folder (UNIRS_HOME/thresholds.json, by model id and score; the
 checkpoint folder may be read-only or replaced by a plugin update) and wins over the checkpoint's.
-A review without an explicit threshold uses the first of: the user's, the checkpoint's, the default.
-No rasterio or torch here: the QGIS plugin calls it in-process.
+A review without an explicit threshold uses the first of: the user's, the checkpoint's, the default
+(reading them is thresholds.py's). No rasterio or torch here: the QGIS plugin calls it in-process.
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..atomic import write_atomic
 from ..runtime.paths import unirs_home
-from .job import DEFAULT_THRESHOLD, ReviewError
-from .schema import LAYER, RUNS, THRESHOLD_KEYS
+from ..thresholds import USER_THRESHOLDS, threshold_key, user_thresholds
+from .job import ReviewError
+from .schema import LAYER, RUNS
 
-USER_THRESHOLDS = "thresholds.json"      # in UNIRS_HOME: {model id: {"threshold": ..., "score": ..., ...}}
-# The score of thresholds recorded before models had a head (reviews and user thresholds without one).
-EARLIER_SCORE = "cem-cosine"
 MIN_VERDICTS = 5                         # of each kind, to recalibrate from a review
 HEAD_COPIES = 3                          # mosaic-like copies per labelled pair, calibrating a head's score
 
@@ -89,42 +88,6 @@ def calibrate(engine, pairs: Sequence[tuple[str, str]], changed: Sequence[bool],
     return best_threshold(scores, list(changed) * max(copies, 1))
 
 
-def threshold_key(score: str) -> str:
-    """The config key of the threshold calibrated for `score`."""
-    return THRESHOLD_KEYS[score][1]
-
-
-def checkpoint_calibration(config_file: str | os.PathLike, score: str) -> tuple[float | None, dict]:
-    """(threshold, how it was calibrated) of `score` in a checkpoint config file; (None, {}) when it
-    has none."""
-    try:
-        config = json.loads(Path(config_file).read_text())
-    except (OSError, ValueError):
-        return None, {}
-    key = threshold_key(score)
-    return config.get(key), config.get(key + "_info") or {}
-
-
-def model_threshold(model_id: str, config_file: str | os.PathLike, score: str) -> tuple[float, str]:
-    """(threshold, where it comes from) for a review without an explicit one; `config_file` keeps the
-    checkpoint's threshold of `score` (Engine.threshold_config_file). A user's threshold fitted to
-    another score of the same model does not apply."""
-    user = user_thresholds().get(model_id)
-    if user is not None and user.get("score", EARLIER_SCORE) == score:
-        return float(user["threshold"]), f"your verdicts in {Path(user['review']).name} ({user['created'][:10]})"
-    threshold, _ = checkpoint_calibration(config_file, score)
-    if threshold is not None:
-        return float(threshold), "calibrated in the checkpoint"
-    return DEFAULT_THRESHOLD, "default (the model carries no calibrated threshold)"
-
-
-def user_thresholds() -> dict[str, dict]:
-    try:
-        return json.loads((unirs_home() / USER_THRESHOLDS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
 @dataclass(frozen=True)
 class Recalibration:
     """A threshold fitted to the verdicts of one review."""
@@ -179,10 +142,7 @@ def keep_user_threshold(recalibration: Recalibration) -> Path:
         "confirmed": recalibration.after.changed, "rejected": recalibration.after.unchanged,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(stored, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(stored, indent=2))
 
 
 def store(config_file: str | os.PathLike, calibration: Calibration, source: str, *, score: str, **how) -> Path:
@@ -193,7 +153,4 @@ def store(config_file: str | os.PathLike, calibration: Calibration, source: str,
     key = threshold_key(score)
     config[key] = calibration.threshold
     config[key + "_info"] = {**asdict(calibration), "source": source, "score": score, **how}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(config, indent=2))

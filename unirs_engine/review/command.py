@@ -1,19 +1,21 @@
 """`unirs review BEFORE AFTER --out OUT.gpkg`: tiled change review with tqdm progress and a summary;
-`unirs calibrate-threshold --model DIR --data LEVIRCC_ROOT`: the model's change-score threshold."""
+`unirs review-archive MANIFEST --out DIR [--ray ADDRESS]`: every pair of a manifest, here or on Ray;
+`unirs calibrate-threshold --model DIR --data LEVIRCC_ROOT`: the model's change-score threshold.
+Errors are UnirsErrors, said on one line by cli.main."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import importlib.util
 import json
 import signal
 import sys
 import threading
 
-from ..argtypes import positive_int
+from ..argtypes import add_model_arguments, positive_int
 from .calibrate import HEAD_COPIES, MIN_VERDICTS
-from .job import DEFAULT_THRESHOLD, TILE_UNITS, ReviewError, ReviewJob
+from .job import DEFAULT_THRESHOLD, JOB_DEFAULTS, TILE_UNITS, ReviewError, ReviewJob
 from .schema import ARCHIVE_SUMMARY, SCORE_MEANINGS, SCORES
 
 EXIT_CANCELLED = 130  # the shell's code for "stopped by Ctrl-C"
@@ -62,7 +64,7 @@ def register(subparsers) -> None:
                     "With --from-review: fits the threshold to your confirmed (changed) and rejected "
                     "(unchanged) tiles of a review and keeps it for that review's model in your data folder "
                     "(UNIRS_HOME), where it wins over the checkpoint's. Reviews without --threshold use it.")
-    p.add_argument("--model", metavar="DIR", help="UniRS checkpoint to calibrate (written)")
+    add_model_arguments(p, model_help="UniRS checkpoint to calibrate (written)", dtype=False)
     p.add_argument("--data", metavar="ROOT", help="LEVIR-CC-format root")
     p.add_argument("--split", default="val", help="split to calibrate on (default val)")
     p.add_argument("--score", choices=SCORES, help="the change score to calibrate (default: the model's)")
@@ -76,13 +78,12 @@ def register(subparsers) -> None:
     p.add_argument("--from-review", metavar="REVIEW.gpkg", help="learn from the verdicts of this review instead")
     p.add_argument("--min-each", type=int, default=MIN_VERDICTS,
                    help=f"--from-review: confirmed and rejected tiles needed, each (default {MIN_VERDICTS})")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
     p.set_defaults(func=calibrate_command)
 
 
 def _add_job_options(p: argparse.ArgumentParser) -> None:
     """The options `review` and `review-archive` share, with ReviewJob's defaults."""
-    default = {f.name: f.default for f in dataclasses.fields(ReviewJob)}
+    default = JOB_DEFAULTS
     p.add_argument("--tile-size", type=float, default=default["tile_size"],
                    help=f"tile side (default {default['tile_size']:g})")
     p.add_argument("--tile-units", choices=TILE_UNITS, default=default["tile_units"],
@@ -106,8 +107,7 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
                    help=f"refuse a plan with more tiles (default {default['max_tiles']})")
     p.add_argument("--batch-size", type=positive_int,
                    help="tile pairs per forward pass (default: as many as the free memory holds, at most 8)")
-    p.add_argument("--model", metavar="DIR", help="UniRS checkpoint (default: $UNIRS_MODEL, else the demo model)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
+    add_model_arguments(p, dtype=False)
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
@@ -125,28 +125,19 @@ def run_command(args: argparse.Namespace) -> int:
     from .run import run_review
     from .store import check_writable
 
-    try:
-        job = ReviewJob(args.before, args.after, args.out, date_before=args.date_before, date_after=args.date_after,
-                        extent=args.extent, **_job_options(args))
-        plan_review(job)  # refuse a bad plan, an unwritable or busy --out before the model loads
-        check_writable(job.out)
-        from ..engine import Engine   # here: a refused job costs no torch import either
+    job = ReviewJob(args.before, args.after, args.out, date_before=args.date_before, date_after=args.date_after,
+                    extent=args.extent, **_job_options(args))
+    plan_review(job)  # refuse a bad plan, an unwritable or busy --out before the model loads
+    check_writable(job.out)
+    from ..engine import Engine   # here: a refused job costs no torch import either
 
-        engine = Engine.load(args.model, device=args.device)
-        stop = threading.Event()
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())  # stop between tokens
-        try:
-            with tqdm(unit="tile", file=sys.stderr, desc="review") as bar:
-                def progress(done: int, total: int) -> None:
-                    bar.total = total
-                    bar.update(done - bar.n)
+    engine = Engine.load(args.model, device=args.device)
+    with _stop_on_ctrl_c() as stop, tqdm(unit="tile", file=sys.stderr, desc="review") as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
 
-                summary = run_review(engine, job, progress=progress, is_cancelled=stop.is_set)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-    except ReviewError as exc:
-        print(f"unirs review: error: {exc}", file=sys.stderr)
-        return 2
+        summary = run_review(engine, job, progress=progress, is_cancelled=stop.is_set)
     if args.json:
         print(json.dumps(summary.to_dict()))
     else:
@@ -165,30 +156,20 @@ def archive_command(args: argparse.Namespace) -> int:
     from .archive import archive_options, run_archive
     from .manifest import read_manifest
 
-    pool = None
+    options = archive_options(_job_options(args))
+    read_manifest(args.manifest)   # a bad manifest is refused before any model loads
+    pool = open_pool(args.ray, model=args.model, device=args.device, actors=args.actors)
     try:
-        options = archive_options(_job_options(args))
-        read_manifest(args.manifest)   # a bad manifest is refused before any model loads
-        pool = open_pool(args.ray, model=args.model, device=args.device, actors=args.actors)
-        stop = threading.Event()
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-        try:
-            with tqdm(unit="tile", file=sys.stderr, desc="archive") as bar:
-                def progress(done: int, total: int, message: str) -> None:
-                    bar.total = total
-                    bar.set_postfix_str(message, refresh=False)
-                    bar.update(done - bar.n)
+        with _stop_on_ctrl_c() as stop, tqdm(unit="tile", file=sys.stderr, desc="archive") as bar:
+            def progress(done: int, total: int, message: str) -> None:
+                bar.total = total
+                bar.set_postfix_str(message, refresh=False)
+                bar.update(done - bar.n)
 
-                summary = run_archive(args.manifest, args.out, pool, options, progress=progress,
-                                      is_cancelled=stop.is_set)
-        finally:
-            signal.signal(signal.SIGINT, previous)
-    except ReviewError as exc:
-        print(f"unirs review-archive: error: {exc}", file=sys.stderr)
-        return 2
+            summary = run_archive(args.manifest, args.out, pool, options, progress=progress,
+                                  is_cancelled=stop.is_set)
     finally:
-        if pool is not None:
-            pool.close()
+        pool.close()
     d = summary.to_dict()
     if args.json:
         print(json.dumps(d))
@@ -206,6 +187,18 @@ def archive_command(args: argparse.Namespace) -> int:
     return 1 if d["failed"] else 0
 
 
+@contextlib.contextmanager
+def _stop_on_ctrl_c():
+    """An Event that Ctrl-C sets instead of raising: the job stops between batches (or tokens), keeping
+    everything committed, and exits 130."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def open_pool(ray_address: str | None, *, model: str | None, device: str | None, actors: int | None = None,
               engine=None):
     """The pool an archive runs on: Ray actors at `ray_address`, else this process's engine (loaded here
@@ -214,13 +207,12 @@ def open_pool(ray_address: str | None, *, model: str | None, device: str | None,
 
     if not ray_address:
         if actors:
-            raise ReviewError("model actors need a Ray cluster address (--ray); without one the archive runs in this process")
+            raise ReviewError("model actors need a Ray cluster address (--ray); without one the archive runs in "
+                              "this process")
         if engine is None:
-            from ..engine import Engine, EngineError
-            try:
-                engine = Engine.load(model, device=device)
-            except EngineError as exc:
-                raise ReviewError(str(exc)) from None
+            from ..engine import Engine
+
+            engine = Engine.load(model, device=device)
         return LocalPool(engine)
     if importlib.util.find_spec("ray") is None:
         raise ReviewError("--ray needs Ray, which is not installed: pip install 'unirs[distributed]'")
@@ -234,33 +226,31 @@ def calibrate_command(args: argparse.Namespace) -> int:
     if args.from_review:
         return _recalibrate_from_review(args)
     if not (args.model and args.data):
-        print("unirs calibrate-threshold: error: give --model and --data, or --from-review", file=sys.stderr)
-        return 2
-    from ..data.errors import DataError
+        raise ReviewError("give --model and --data, or --from-review")
     from ..data.levircc import read_levircc
-    from ..engine import HEAD_SCORE, Engine, EngineError
-    from .calibrate import calibrate, checkpoint_calibration, store
+    from ..engine import HEAD_SCORE, Engine
+    from ..thresholds import checkpoint_calibration
+    from .calibrate import calibrate, store
 
+    if args.copies is not None and args.copies < 0:   # before the model loads
+        raise ReviewError(f"--copies must be >= 0, got {args.copies}")
+    samples = read_levircc(args.data, args.split)
+    if not samples:
+        raise ReviewError(f"{args.data}: no pairs in split {args.split!r}")
+    engine = Engine.load(args.model, device=args.device)
+    score = args.score or engine.change_score
+    config_file = engine.threshold_config_file(score)
+    # Defaults: how the model's threshold was calibrated (e.g. by `unirs train change-score`), so a
+    # rerun recomputes it.
+    recorded = checkpoint_calibration(config_file, score)[1]
+    copies = args.copies if args.copies is not None else recorded.get(
+        "copies", HEAD_COPIES if score == HEAD_SCORE else 0)
+    seed = args.seed if args.seed is not None else recorded.get("seed", 0)
     try:
-        if args.copies is not None and args.copies < 0:   # before the model loads
-            raise ReviewError(f"--copies must be >= 0, got {args.copies}")
-        samples = read_levircc(args.data, args.split)
-        if not samples:
-            raise ReviewError(f"{args.data}: no pairs in split {args.split!r}")
-        engine = Engine.load(args.model, device=args.device)
-        score = args.score or engine.change_score
-        config_file = engine.threshold_config_file(score)
-        # Defaults: how the model's threshold was calibrated (e.g. by `unirs train change-score`), so a
-        # rerun recomputes it.
-        recorded = checkpoint_calibration(config_file, score)[1]
-        copies = args.copies if args.copies is not None else recorded.get(
-            "copies", HEAD_COPIES if score == HEAD_SCORE else 0)
-        seed = args.seed if args.seed is not None else recorded.get("seed", 0)
         result = calibrate(engine, [(str(s.images[0]), str(s.images[1])) for s in samples],
                            [bool(s.meta["changeflag"]) for s in samples], copies=copies, seed=seed, score=score)
-    except (ReviewError, DataError, EngineError, OSError) as exc:   # a missing/unreadable pair names its file
-        print(f"unirs calibrate-threshold: error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:   # a missing/unreadable pair: the reader's message names its file
+        raise ReviewError(str(exc)) from None
     path = store(config_file, result, f"{args.data} ({args.split})", score=score, copies=copies, seed=seed)
     copied = f" ({copies} mosaic-like copies of each of {len(samples)})" if copies else ""
     print(f"{score} score threshold {result.threshold:.6g}: balanced accuracy "
@@ -272,11 +262,7 @@ def calibrate_command(args: argparse.Namespace) -> int:
 def _recalibrate_from_review(args: argparse.Namespace) -> int:
     from .calibrate import calibrate_from_review, keep_user_threshold
 
-    try:
-        result = calibrate_from_review(args.from_review, args.min_each)
-    except ReviewError as exc:
-        print(f"unirs calibrate-threshold: error: {exc}", file=sys.stderr)
-        return 2
+    result = calibrate_from_review(args.from_review, args.min_each)
     path = keep_user_threshold(result)
     print(f"{result.model_id}: threshold {result.before.threshold:.4g} -> {result.after.threshold:.4g}, balanced "
           f"accuracy on your verdicts {100 * result.before.balanced_accuracy:.1f} % -> "

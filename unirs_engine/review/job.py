@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any
 
+from ..errors import UnirsError
 from .schema import SCORES
 
 # Score at or above which a tile is captioned, for a checkpoint that carries no calibrated threshold
@@ -25,7 +26,7 @@ def _is_iso_date(value: str | None) -> bool:
         return False
 
 
-class ReviewError(RuntimeError):
+class ReviewError(UnirsError, RuntimeError):
     """A review that cannot run; the message is one line naming the file or option and why."""
 
 
@@ -146,6 +147,10 @@ def absolute_source(path: str | os.PathLike) -> str:
     fold its "//")."""
     text = os.fspath(path)
     return text if text.startswith("/vsi") or "://" in text else os.path.abspath(text)
+
+
+# Every option's default, read by the command line and the QGIS algorithms instead of typed again there.
+JOB_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ReviewJob) if f.default is not dataclasses.MISSING}
 
 
 @dataclass

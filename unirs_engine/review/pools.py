@@ -7,11 +7,13 @@ Ray is optional (`pip install .[distributed]`) and imported only by RayPool.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from ..errors import UnirsError
 from .grid import ReviewPlan
 from .job import ReviewError, ReviewJob
 from .store import TileResult
@@ -46,7 +48,7 @@ class TileWorker:
 
     def __init__(self, engine):
         self.engine = engine
-        self._sources: OrderedDict[str, object] = OrderedDict()   # job.out -> open TileSource
+        self._sources: OrderedDict[tuple, object] = OrderedDict()   # (job identity, plan) -> open TileSource
 
     def describe(self, job: ReviewJob) -> dict:
         """The job resolved by this engine, where its threshold came from, the model id and read size."""
@@ -70,7 +72,9 @@ class TileWorker:
         from .augment import review_read_side
         from .tiles import TileSource
 
-        key = unit.job.out
+        # What a TileSource reads: the inputs, bands and skip rule of the job, on its grid (not the output
+        # path: a reused pool may review other mosaics into the same file name).
+        key = (json.dumps(unit.job.identity(), sort_keys=True), unit.plan)
         if key not in self._sources:
             if len(self._sources) >= OPEN_SOURCES:
                 self._sources.popitem(last=False)[1].__exit__(None, None, None)
@@ -100,7 +104,7 @@ class LocalPool:
         for unit in units:
             try:
                 yield unit, self.worker.review(unit)
-            except (ReviewError, OSError) as exc:   # an unreadable window: the pair fails, others go on
+            except (UnirsError, OSError) as exc:   # an unreadable window: the pair fails, others go on
                 yield unit, ReviewError(str(exc))
 
     def close(self) -> None:
@@ -133,13 +137,14 @@ class RayPool:
         self.ray = ray
         self._started = not ray.is_initialized()
         if self._started:
-            ray.init(address=None if address == "local" else address, include_dashboard=False,
+            ray.init(address=address, include_dashboard=False,   # "local": a new cluster here, always
                      log_to_driver=False, configure_logging=False)
         resources = ray.cluster_resources()
         gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
         self.actors = actors or gpus or cpus
         self.name = f"Ray {address}: {self.actors} actor(s) on {'GPUs' if gpus else 'CPUs'}"
-        self._new_actor = lambda: ray.remote(_Actor).options(num_gpus=1 if gpus else 0, num_cpus=1).remote(model, device)
+        actor_class = ray.remote(_Actor).options(num_gpus=1 if gpus else 0, num_cpus=1)
+        self._new_actor = lambda: actor_class.remote(model, device)
         self.pool = [self._new_actor() for _ in range(self.actors)]
         self._replacements = REPLACEMENTS_PER_ACTOR * self.actors
 

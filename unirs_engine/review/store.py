@@ -1,9 +1,15 @@
-"""The review's GeoPackage, written with sqlite3 to the OGC GeoPackage 1.3 spec (no vector library needed).
+"""The review's GeoPackage, written with OGR's GPKG driver: GDAL's Python bindings only (no rasterio, no
+torch), so the QGIS plugin may import it too.
 
-Layer LAYER holds one polygon per reviewed tile; the attributes table RUNS holds the job and where it
-stands. Each batch's features and the next tile to do are committed in one transaction, so a killed
-review leaves a valid file with every finished tile, and a rerun resumes where it stopped. One review
-at a time writes a file: an OS lock beside it (OutputLock) refuses a second.
+Layer LAYER holds one polygon per reviewed tile, with an R-tree spatial index; the attributes table RUNS
+holds the job and where it stands. Each batch is one transaction: its features, the run's next tile and
+counters, and the layer's extent, feature count and last change (gpkg_contents, gpkg_ogr_contents), so a
+killed review leaves a valid file with every finished tile, and a rerun resumes where it stopped. One
+review at a time writes a file: an OS lock beside it (OutputLock) refuses a second. Verdicts are the QGIS
+plugin's (unirs_qgis/dock/review_panel.py set_verdict); a trigger refuses values other than VERDICTS.
+
+Whether GDAL raises Python exceptions is the process's choice (QGIS leaves them off): this module checks
+what OGR returns and raises RuntimeError with GDAL's message either way.
 """
 
 from __future__ import annotations
@@ -11,56 +17,46 @@ from __future__ import annotations
 import json
 import os
 import sys
-import sqlite3
-import struct
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rasterio.crs import CRS
+from osgeo import gdal, ogr, osr
 
-from ..inputs.raster import crs_label
-from .grid import ReviewPlan
 from .job import ReviewError, ReviewJob
 from .schema import CAPTION_CHANGED, CHANGED, LAYER, RUNS, VERDICTS
 
-GPKG_APPLICATION_ID = 0x47504B47   # "GPKG"
-GPKG_VERSION = 10300               # 1.3.0
-CUSTOM_SRS_ID = 100000             # a grid CRS without an EPSG code
+if TYPE_CHECKING:
+    from .grid import ReviewPlan
 
-_WGS84_WKT = CRS.from_epsg(4326).to_wkt()
+CUSTOM_SRS_ID = 100000   # GDAL's srs_id for the first CRS without EPSG code (a grid CRS given as WKT)
+
 _COUNTERS = ("skipped_nodata", "skipped_outside", "changed", "captioned", "disagreements")
-
-_SCHEMA = f"""
-CREATE TABLE gpkg_spatial_ref_sys (srs_name TEXT NOT NULL, srs_id INTEGER NOT NULL PRIMARY KEY,
-  organization TEXT NOT NULL, organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL,
-  description TEXT);
-CREATE TABLE gpkg_contents (table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL,
-  identifier TEXT UNIQUE, description TEXT DEFAULT '',
-  last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
-  min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER,
-  CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id));
-CREATE TABLE gpkg_geometry_columns (table_name TEXT NOT NULL, column_name TEXT NOT NULL,
-  geometry_type_name TEXT NOT NULL, srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT NULL,
-  CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name),
-  CONSTRAINT uk_gc_table_name UNIQUE (table_name),
-  CONSTRAINT fk_gc_tn FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name),
-  CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id));
-CREATE TABLE "{LAYER}" (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, geom POLYGON,
-  tile_row INTEGER NOT NULL, tile_col INTEGER NOT NULL, score REAL NOT NULL,
-  {CHANGED} BOOLEAN NOT NULL, {CAPTION_CHANGED} BOOLEAN,
-  caption TEXT, date_before DATE, date_after DATE, model TEXT NOT NULL, run_id TEXT NOT NULL,
-  verdict TEXT CHECK (verdict IN ('confirmed', 'rejected')), reviewed_at DATETIME, reviewed_by TEXT,
-  UNIQUE (tile_row, tile_col));
-CREATE TABLE "{RUNS}" (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, run_id TEXT NOT NULL UNIQUE,
-  job_json TEXT NOT NULL, model TEXT NOT NULL, change_score TEXT NOT NULL,
-  threshold REAL NOT NULL, threshold_source TEXT NOT NULL,
-  started DATETIME NOT NULL, updated DATETIME NOT NULL,
-  finished BOOLEAN NOT NULL, next_tile INTEGER NOT NULL, total_tiles INTEGER NOT NULL,
-  done INTEGER NOT NULL, skipped_nodata INTEGER NOT NULL, skipped_outside INTEGER NOT NULL,
-  changed INTEGER NOT NULL, captioned INTEGER NOT NULL, disagreements INTEGER NOT NULL);
-"""
+# GeoPackage column type -> (OGR field type, subtype)
+_TYPES = {"INTEGER": (ogr.OFTInteger64, ogr.OFSTNone), "REAL": (ogr.OFTReal, ogr.OFSTNone),
+          "TEXT": (ogr.OFTString, ogr.OFSTNone), "BOOLEAN": (ogr.OFTInteger, ogr.OFSTBoolean),
+          "DATE": (ogr.OFTDate, ogr.OFSTNone), "DATETIME": (ogr.OFTDateTime, ogr.OFSTNone)}
+# (column, type, NOT NULL) after OGR's own fid and geom
+_TILE_FIELDS = (("tile_row", "INTEGER", True), ("tile_col", "INTEGER", True), ("score", "REAL", True),
+                (CHANGED, "BOOLEAN", True), (CAPTION_CHANGED, "BOOLEAN", False), ("caption", "TEXT", False),
+                ("date_before", "DATE", False), ("date_after", "DATE", False), ("model", "TEXT", True),
+                ("run_id", "TEXT", True), ("verdict", "TEXT", False), ("reviewed_at", "DATETIME", False),
+                ("reviewed_by", "TEXT", False))
+_RUN_FIELDS = (("run_id", "TEXT", True), ("job_json", "TEXT", True), ("model", "TEXT", True),
+               ("change_score", "TEXT", True), ("threshold", "REAL", True), ("threshold_source", "TEXT", True),
+               ("started", "DATETIME", True), ("updated", "DATETIME", True), ("finished", "BOOLEAN", True),
+               ("next_tile", "INTEGER", True), ("total_tiles", "INTEGER", True), ("done", "INTEGER", True),
+               *((name, "INTEGER", True) for name in _COUNTERS))
+_ALLOWED = ", ".join(f"'{v}'" for v in VERDICTS)
+# What OGR cannot declare: a two-column UNIQUE, and a CHECK on the verdict (as triggers, SQLite adds no
+# CHECK to an existing table).
+_CONSTRAINTS = (f'CREATE UNIQUE INDEX "{LAYER}_tile" ON "{LAYER}" (tile_row, tile_col)',
+                *(f'CREATE TRIGGER "{LAYER}_verdict_{name}" BEFORE {event} ON "{LAYER}" '
+                  f"WHEN NEW.verdict NOT IN ({_ALLOWED}) "
+                  f"BEGIN SELECT RAISE(ABORT, 'verdict must be one of {', '.join(VERDICTS)} or NULL'); END"
+                  for name, event in (("insert", "INSERT"), ("update", "UPDATE OF verdict"))))
 
 
 @dataclass
@@ -98,28 +94,11 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def gpkg_polygon(bounds: tuple[float, float, float, float], srs_id: int) -> bytes:
-    """A rectangle as GeoPackage binary: GP header (little endian, xy envelope) + WKB polygon."""
-    left, bottom, right, top = bounds
-    header = b"GP" + bytes([0, 0b011]) + struct.pack("<i4d", srs_id, left, right, bottom, top)
-    ring = ((left, bottom), (right, bottom), (right, top), (left, top), (left, bottom))  # counter-clockwise
-    wkb = struct.pack("<BIII", 1, 3, 1, len(ring)) + b"".join(struct.pack("<2d", x, y) for x, y in ring)
-    return header + wkb
-
-
-def _srs(plan: ReviewPlan) -> tuple[int, tuple]:
-    """(srs_id, gpkg_spatial_ref_sys row) of the grid CRS: its EPSG code when it has one."""
-    crs = CRS.from_wkt(plan.crs)
-    epsg = crs.to_epsg()
-    srs_id = epsg or CUSTOM_SRS_ID
-    return srs_id, (crs_label(crs), srs_id, "EPSG" if epsg else "NONE", srs_id, plan.crs, "grid CRS of the review")
-
-
 class OutputLock:
     """An OS lock on `.OUT.lock` beside a review's output, held while one review writes OUT: a second
     review of the same file (another shell, QGIS, the worker) is refused instead of writing the same
     tiles twice. The kernel drops the lock when its holder dies, so a killed review blocks nothing.
-    Verdicts (set_verdict) do not take it: SQLite's own locking orders them with the review's commits."""
+    Verdicts (the QGIS plugin's) do not take it: SQLite's locking puts them between the review's batches."""
 
     def __init__(self, out: str | os.PathLike):
         self.out = Path(out)
@@ -190,7 +169,7 @@ def check_writable(out: str | os.PathLike) -> None:
 
 
 def _refuse_read_only(path: Path) -> None:
-    if path.exists() and not os.access(path, os.W_OK):   # SQLite would open it read-only and fail later
+    if path.exists() and not os.access(path, os.W_OK):   # OGR would open it read-only and fail later
         raise ReviewError(f"cannot write {path} (the file is read-only)")
 
 
@@ -198,10 +177,13 @@ class ReviewStore:
     """An open review GeoPackage: `ReviewStore.open(job, plan, model)`, then append() per batch; it holds
     the OutputLock of the file until close()."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, state: RunState, job: ReviewJob, model: str,
-                 srs_id: int, lock: OutputLock):
-        self.path, self.conn, self.state, self.job, self.model, self.srs_id = path, conn, state, job, model, srs_id
+    def __init__(self, path: Path, ds: ogr.DataSource, state: RunState, run: ogr.Feature, job: ReviewJob,
+                 model: str, lock: OutputLock):
+        self.path, self.ds, self.state, self.run, self.job, self.model = path, ds, state, run, job, model
         self.lock = lock
+        self.layer, self.runs = ds.GetLayerByName(LAYER), ds.GetLayerByName(RUNS)
+        self.features = self.layer.GetFeatureCount()
+        self.counted = _has_table(ds, "gpkg_ogr_contents")   # a file of the sqlite3 writer before has none
 
     @classmethod
     def open(cls, job: ReviewJob, plan: ReviewPlan, model: str,
@@ -211,112 +193,213 @@ class ReviewStore:
         which score the model gives (a resume must give the same)."""
         path = Path(job.out)
         _refuse_read_only(path)
-        lock, conn = OutputLock(path).acquire(), None
+        lock, ds = OutputLock(path).acquire(), None
         try:
             if not path.exists():
                 _create(path, job, plan, model, threshold_source, change_score)
-            conn = _connect(path)
-            state = _resume_state(conn, path, job, plan, model, change_score)
-            # WAL (as QGIS uses for GeoPackages): a kill mid-commit leaves no hot journal that read-only
-            # openers (ogrinfo -ro, a QGIS layer) could not roll back, and readers never block the writer.
-            conn.execute("PRAGMA journal_mode = WAL")
-            srs_id = conn.execute("SELECT srs_id FROM gpkg_geometry_columns WHERE table_name = ?",
-                                  (LAYER,)).fetchone()[0]
+            ds = _open(path)
+            state, run = _resume_state(ds, path, job, plan, model, change_score)
+            return cls(path, ds, state, run, job, model, lock)
         except BaseException:
-            if conn is not None:
-                conn.close()
+            if ds is not None:
+                _close(ds)
             lock.release()
             raise
-        return cls(path, conn, state, job, model, srs_id, lock)
 
     def append(self, results: list[TileResult], *, next_tile: int, skipped_nodata: int,
                skipped_outside: int) -> None:
         """Write a batch's features and move next_tile past it, in one transaction."""
-        s, job, now = self.state, self.job, now_iso()
-        rows = [(gpkg_polygon(r.bounds, self.srs_id), r.row, r.col, r.score, int(r.score_above_threshold),
-                 None if r.caption_says_change is None else int(r.caption_says_change), r.caption,
-                 job.date_before, job.date_after, self.model, s.run_id) for r in results]
+        s, now = self.state, now_iso()
         counts = dict(skipped_nodata=s.skipped_nodata + skipped_nodata,
                       skipped_outside=s.skipped_outside + skipped_outside,
                       changed=s.changed + sum(r.score_above_threshold for r in results),
                       captioned=s.captioned + sum(r.caption is not None for r in results),
                       disagreements=s.disagreements + sum(r.disagrees for r in results))
-        with self.conn:  # one transaction: the features and next_tile, or neither
-            self.conn.executemany(
-                f'INSERT INTO "{LAYER}" (geom, tile_row, tile_col, score, {CHANGED}, {CAPTION_CHANGED}, caption, '
-                'date_before, date_after, model, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)', rows)
+        run = self.run.Clone()
+        _set(run, dict(counts, updated=now, next_tile=next_tile, done=next_tile,
+                       finished=int(next_tile >= s.total_tiles)))
+        features = [self._feature(r) for r in results]
+        _check(self.ds.StartTransaction(), "cannot start a transaction")
+        try:
+            # A write first: the transaction takes SQLite's write lock now, waiting out a verdict being
+            # saved, instead of failing later when a read snapshot it took has gone stale.
+            _sql(self.ds, f"UPDATE gpkg_contents SET last_change = '{now}' WHERE table_name IN ('{LAYER}', '{RUNS}')")
+            for feature in features:
+                _check(self.layer.CreateFeature(feature), f"{self.path}: cannot write a tile")
+            # OGR saves the extent and feature count only when the file is closed: a killed review's
+            # file would keep stale ones (the extent of another session, a count without its triggers).
             if results:
                 lefts, bottoms, rights, tops = zip(*(r.bounds for r in results))
-                self.conn.execute(
-                    "UPDATE gpkg_contents SET min_x = min(coalesce(min_x, :x0), :x0), "
-                    "min_y = min(coalesce(min_y, :y0), :y0), max_x = max(coalesce(max_x, :x1), :x1), "
-                    "max_y = max(coalesce(max_y, :y1), :y1) WHERE table_name = :t",
-                    dict(x0=min(lefts), y0=min(bottoms), x1=max(rights), y1=max(tops), t=LAYER))
-            self.conn.execute("UPDATE gpkg_contents SET last_change = ? WHERE table_name IN (?, ?)",
-                              (now, LAYER, RUNS))
-            self.conn.execute(
-                f'UPDATE "{RUNS}" SET updated = :now, next_tile = :next, done = :next, finished = :fin, '
-                "skipped_nodata = :skipped_nodata, skipped_outside = :skipped_outside, changed = :changed, "
-                "captioned = :captioned, disagreements = :disagreements WHERE run_id = :run_id",
-                dict(counts, now=now, next=next_tile, fin=int(next_tile >= s.total_tiles), run_id=s.run_id))
+                box = dict(min_x=min(lefts), min_y=min(bottoms), max_x=max(rights), max_y=max(tops))
+                grow = ", ".join(f"{k} = {k[:3]}(coalesce({k}, {v!r}), {v!r})" for k, v in box.items())  # min/max
+                _sql(self.ds, f"UPDATE gpkg_contents SET {grow} WHERE table_name = '{LAYER}'")
+            if self.counted:
+                _sql(self.ds, f"UPDATE gpkg_ogr_contents SET feature_count = {self.features + len(results)} "
+                              f"WHERE table_name = '{LAYER}'")
+            _check(self.runs.SetFeature(run), f"{self.path}: cannot write the run record")
+            _check(self.ds.CommitTransaction(), f"{self.path}: cannot commit the batch")
+        except BaseException:
+            self._roll_back()
+            raise
+        self.run, self.features = run, self.features + len(results)
         s.next_tile, s.finished = next_tile, next_tile >= s.total_tiles
         for key, value in counts.items():
             setattr(s, key, value)
 
     def close(self) -> None:
-        self.conn.close()
+        if self.ds is not None:
+            self.layer = self.runs = None
+            _close(self.ds)     # OGR writes the final extent and feature count, and its count triggers
+            self.ds = None
         self.lock.release()
 
+    def _feature(self, r: TileResult) -> ogr.Feature:
+        feature = ogr.Feature(self.layer.GetLayerDefn())
+        _set(feature, {"tile_row": int(r.row), "tile_col": int(r.col), "score": float(r.score),
+                       CHANGED: int(r.score_above_threshold),
+                       CAPTION_CHANGED: None if r.caption_says_change is None else int(r.caption_says_change),
+                       "caption": r.caption, "date_before": self.job.date_before,
+                       "date_after": self.job.date_after, "model": self.model, "run_id": self.state.run_id})
+        feature.SetGeometryDirectly(_rectangle(r.bounds))
+        return feature
 
-def _connect(path: Path) -> sqlite3.Connection:
+    def _roll_back(self) -> None:
+        try:
+            self.ds.RollbackTransaction()
+            # OGR's extent in memory took the rolled-back tiles; it writes it at close
+            self.ds.ExecuteSQL(f"RECOMPUTE EXTENT ON {LAYER}")
+        except RuntimeError:   # the batch's own error is the one to raise
+            pass
+
+
+def _check(result, what: str):
+    """`result` of an OGR call; RuntimeError with GDAL's message when it says it failed (None, or a
+    nonzero OGRErr: what OGR returns while GDAL's exceptions are off)."""
+    if result is None or (isinstance(result, int) and result != ogr.OGRERR_NONE):
+        raise RuntimeError(f"{what}: {gdal.GetLastErrorMsg() or 'OGR error'}")
+    return result
+
+
+def _sql(ds: ogr.DataSource, sql: str) -> None:
+    """Run one SQL statement; RuntimeError when SQLite refuses it."""
+    gdal.ErrorReset()
+    result = ds.ExecuteSQL(sql)
+    if result is not None:   # PRAGMAs answer with a row
+        ds.ReleaseResultSet(result)
+    if gdal.GetLastErrorType() >= gdal.CE_Failure:
+        raise RuntimeError(f"{sql.split(maxsplit=1)[0]}: {gdal.GetLastErrorMsg()}")
+
+
+def _has_table(ds: ogr.DataSource, name: str) -> bool:
+    result = ds.ExecuteSQL(f"SELECT name FROM sqlite_master WHERE type = 'table' AND name = '{name}'")
     try:
-        conn = sqlite3.connect(path, timeout=30)  # waits while e.g. QGIS writes a verdict
-        conn.execute("PRAGMA foreign_keys = ON")
-        return conn
-    except sqlite3.Error as exc:
-        raise ReviewError(f"{path}: cannot open as a GeoPackage ({exc})") from None
+        return result is not None and result.GetFeatureCount() > 0
+    finally:
+        if result is not None:
+            ds.ReleaseResultSet(result)
+
+
+def _set(feature: ogr.Feature, values: dict) -> None:
+    for name, value in values.items():   # None: NULL
+        # by index: GDAL 3.6's bindings look a name up in Python, field by field (most of a batch's time)
+        feature.SetField(feature.GetFieldIndex(name), value)
+
+
+def _close(ds: ogr.DataSource) -> None:
+    """Close `ds` now, whatever still refers to it (so the file is complete before it is moved)."""
+    (ds.Close if hasattr(ds, "Close") else ds.Destroy)()   # Close: GDAL >= 3.8
+
+
+def _rectangle(bounds: tuple[float, float, float, float]) -> ogr.Geometry:
+    left, bottom, right, top = (float(v) for v in bounds)
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in ((left, bottom), (right, bottom), (right, top), (left, top), (left, bottom)):  # counter-clockwise
+        ring.AddPoint_2D(x, y)
+    polygon = ogr.Geometry(ogr.wkbPolygon)
+    polygon.AddGeometryDirectly(ring)
+    return polygon
+
+
+def _grid_srs(wkt: str) -> osr.SpatialReference:
+    """The grid CRS as the layer's: an EPSG one carries its code (GDAL then writes srs_id = the code),
+    any other is written as WKT under CUSTOM_SRS_ID."""
+    srs = osr.SpatialReference()
+    _check(srs.ImportFromWkt(wkt), "grid CRS")
+    if srs.GetAuthorityName(None) != "EPSG":
+        # An EPSG CRS spelt without its code (a PROJ string): rasterio's CRS.to_epsg rule, the best
+        # match at 70 % confidence or more when that one is EPSG's.
+        match, confidence = (srs.FindMatches() or [(None, 0)])[0]
+        if confidence >= 70 and match.GetAuthorityName(None) == "EPSG":
+            return match
+    return srs
+
+
+def _add_fields(layer: ogr.Layer, fields: tuple, unique: tuple[str, ...] = ()) -> None:
+    for name, kind, not_null in fields:
+        defn = ogr.FieldDefn(name, _TYPES[kind][0])
+        defn.SetSubType(_TYPES[kind][1])
+        defn.SetNullable(not not_null)
+        defn.SetUnique(name in unique)
+        _check(layer.CreateField(defn), f"field {name}")
+
+
+def _open(path: Path) -> ogr.DataSource | None:
+    """`path` opened for update, or None when it is no GeoPackage."""
+    try:
+        ds = ogr.GetDriverByName("GPKG").Open(str(path), 1)
+    except RuntimeError:   # what it does instead of None while GDAL's exceptions are on
+        return None
+    if ds is not None:
+        _sql(ds, "PRAGMA busy_timeout = 30000")   # wait while e.g. QGIS saves a verdict
+    return ds
 
 
 def _create(path: Path, job: ReviewJob, plan: ReviewPlan, model: str, threshold_source: str,
             change_score: str) -> None:
     """Write an empty review GeoPackage under a temporary name, then move it to `path` (whose folder the
     caller's OutputLock made)."""
-    part = path.with_name(f".{path.name}.part")
-    part.unlink(missing_ok=True)
-    srs_id, srs_row = _srs(plan)
-    now = now_iso()
-    conn = sqlite3.connect(part)
+    part = path.with_name(f".{path.name}.part.gpkg")   # GDAL wants the .gpkg extension
+    _remove(part)
+    ds = _check(ogr.GetDriverByName("GPKG").CreateDataSource(str(part), ["VERSION=1.3"]), f"cannot create {part}")
     try:
-        with conn:
-            conn.execute(f"PRAGMA application_id = {GPKG_APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {GPKG_VERSION}")
-            conn.executescript(_SCHEMA)
-            srs_rows = {-1: ("Undefined cartesian SRS", -1, "NONE", -1, "undefined",
-                             "undefined cartesian coordinate reference system"),
-                        0: ("Undefined geographic SRS", 0, "NONE", 0, "undefined",
-                            "undefined geographic coordinate reference system"),
-                        4326: ("WGS 84 geodetic", 4326, "EPSG", 4326, _WGS84_WKT,
-                               "longitude/latitude coordinates in decimal degrees on the WGS 84 spheroid")}
-            srs_rows.setdefault(srs_id, srs_row)
-            conn.executemany("INSERT INTO gpkg_spatial_ref_sys VALUES (?, ?, ?, ?, ?, ?)", list(srs_rows.values()))
-            conn.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change, "
-                         "srs_id) VALUES (?, 'features', ?, ?, ?, ?)",
-                         (LAYER, LAYER, "UniRS change review tiles", now, srs_id))
-            conn.execute("INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', 'POLYGON', ?, 0, 0)", (LAYER, srs_id))
-            conn.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change) "
-                         "VALUES (?, 'attributes', ?, ?, ?)", (RUNS, RUNS, "UniRS review runs", now))
-            conn.execute(
-                f'INSERT INTO "{RUNS}" (run_id, job_json, model, change_score, threshold, threshold_source, '
-                "started, updated, finished, next_tile, total_tiles, done, skipped_nodata, skipped_outside, "
-                "changed, captioned, disagreements) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, ?, 0, 0, 0, 0, 0, 0)",
-                (uuid.uuid4().hex, _job_json(job), model, change_score, job.threshold, threshold_source, now,
-                 now, plan.total_tiles))
-        conn.close()
+        try:
+            _write_empty(ds, job, plan, model, threshold_source, change_score)
+        finally:
+            _close(ds)
         os.replace(part, path)
     except BaseException:
-        conn.close()
-        part.unlink(missing_ok=True)
+        _remove(part)
         raise
+
+
+def _remove(part: Path) -> None:
+    """A killed creation's file, with its WAL: SQLite would replay a stale WAL into a new file of that name."""
+    for name in (part.name, f"{part.name}-wal", f"{part.name}-shm"):
+        part.with_name(name).unlink(missing_ok=True)
+
+
+def _write_empty(ds: ogr.DataSource, job: ReviewJob, plan: ReviewPlan, model: str, threshold_source: str,
+                 change_score: str) -> None:
+    """The layer, the runs table with the run's record, and what OGR cannot declare."""
+    # WAL (as QGIS uses for GeoPackages), kept by the file: a kill mid-commit leaves no hot journal that
+    # read-only openers (ogrinfo -ro, a QGIS layer) could not roll back, and readers never block the writer.
+    _sql(ds, "PRAGMA journal_mode = WAL")
+    tiles = _check(ds.CreateLayer(LAYER, _grid_srs(plan.crs), ogr.wkbPolygon,
+                                  ["GEOMETRY_NAME=geom", "FID=fid", "SPATIAL_INDEX=YES", f"IDENTIFIER={LAYER}",
+                                   "DESCRIPTION=UniRS change review tiles"]), f"layer {LAYER}")
+    _add_fields(tiles, _TILE_FIELDS)
+    runs = _check(ds.CreateLayer(RUNS, None, ogr.wkbNone, ["FID=id", f"IDENTIFIER={RUNS}",
+                                                           "DESCRIPTION=UniRS review runs"]), f"table {RUNS}")
+    _add_fields(runs, _RUN_FIELDS, unique=("run_id",))
+    for sql in _CONSTRAINTS:
+        _sql(ds, sql)
+    now = now_iso()
+    run = ogr.Feature(runs.GetLayerDefn())
+    _set(run, dict(run_id=uuid.uuid4().hex, job_json=_job_json(job), model=model, change_score=change_score,
+                   threshold=job.threshold, threshold_source=threshold_source, started=now, updated=now,
+                   finished=0, next_tile=0, total_tiles=plan.total_tiles, done=0, **dict.fromkeys(_COUNTERS, 0)))
+    _check(runs.CreateFeature(run), "cannot write the run record")
+    _sql(ds, f"UPDATE gpkg_ogr_contents SET feature_count = 0 WHERE table_name = '{LAYER}'")   # known, not NULL
 
 
 def _job_json(job: ReviewJob) -> str:
@@ -326,46 +409,29 @@ def _job_json(job: ReviewJob) -> str:
     return json.dumps(d)
 
 
-def _resume_state(conn: sqlite3.Connection, path: Path, job: ReviewJob, plan: ReviewPlan, model: str,
-                  change_score: str) -> RunState:
-    """The stored run of `path`, after checking it is this job, model, change score and grid."""
-    try:
-        row = conn.execute(f'SELECT run_id, job_json, model, change_score, next_tile, total_tiles, finished, '
-                           f'{", ".join(_COUNTERS)} FROM "{RUNS}" ORDER BY id LIMIT 1').fetchone()
-    except sqlite3.DatabaseError:  # not SQLite at all, or no runs table
-        row = None
-    if row is None:
+def _resume_state(ds: ogr.DataSource | None, path: Path, job: ReviewJob, plan: ReviewPlan, model: str,
+                  change_score: str) -> tuple[RunState, ogr.Feature]:
+    """The stored run of `path` (state and record), after checking it is this job, model, change score and
+    grid."""
+    runs = ds.GetLayerByName(RUNS) if ds is not None and ds.GetLayerByName(LAYER) is not None else None
+    run = runs.GetNextFeature() if runs is not None else None   # the first by id
+    if runs is not None:
+        runs.ResetReading()   # ends the read: a stale snapshot would refuse the next write
+    keys = ("run_id", "job_json", "model", "change_score", "next_tile", "total_tiles", "finished", *_COUNTERS)
+    if run is None or any(run.GetFieldIndex(key) < 0 for key in keys):
         raise ReviewError(f"{path} exists and is not a UniRS review GeoPackage, or one written by an earlier "
                           "UniRS version; delete it or choose another --out")
-    run_id, job_json, stored_model, stored_score, next_tile, total, finished, *counts = row
     # The same model id may give another score (a checkpoint that got a change-score head): its tiles'
     # scores would not compare.
-    stored = {**ReviewJob.from_dict({**json.loads(job_json), "out": str(path)}).identity(), "model": stored_model,
-              "change_score": stored_score}
+    stored = {**ReviewJob.from_dict({**json.loads(run["job_json"]), "out": str(path)}).identity(),
+              "model": run["model"], "change_score": run["change_score"]}
     wanted = {**job.identity(), "model": model, "change_score": change_score}
     differing = [f"{key}={stored[key]!r}" for key in stored if stored[key] != wanted[key]]
     if differing:
         raise ReviewError(f"{path} holds a review with {', '.join(differing)}; delete it or choose another --out")
+    total = run["total_tiles"]
     if total != plan.total_tiles:
         raise ReviewError(f"{path} holds a review of {total:,} tiles but the mosaics now make {plan.total_tiles:,}: "
                           "they changed; delete it or choose another --out")
-    return RunState(run_id, next_tile, total, bool(finished), *counts)
-
-
-def set_verdict(out: str | os.PathLike, fid: int, verdict: str | None, by: str | None = None) -> None:
-    """Mark feature `fid` of a review GeoPackage 'confirmed' or 'rejected' by `by` (None clears it)."""
-    if verdict is not None and verdict not in VERDICTS:
-        raise ReviewError(f"verdict must be one of {VERDICTS} or None, got {verdict!r}")
-    conn = _connect(Path(out))
-    try:
-        with conn:
-            stamp = now_iso() if verdict else None
-            cur = conn.execute(f'UPDATE "{LAYER}" SET verdict = ?, reviewed_at = ?, reviewed_by = ? WHERE fid = ?',
-                               (verdict, stamp, by if verdict else None, int(fid)))
-            if cur.rowcount == 0:
-                raise ReviewError(f"{out}: layer {LAYER} has no feature with fid {fid}")
-            conn.execute("UPDATE gpkg_contents SET last_change = ? WHERE table_name = ?", (now_iso(), LAYER))
-    except sqlite3.DatabaseError as exc:
-        raise ReviewError(f"{out}: cannot set the verdict ({exc})") from None
-    finally:
-        conn.close()
+    state = RunState(run["run_id"], run["next_tile"], total, bool(run["finished"]), *(run[k] for k in _COUNTERS))
+    return state, run

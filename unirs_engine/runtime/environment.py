@@ -20,6 +20,9 @@ import subprocess
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from ..atomic import write_atomic
+from ..errors import UnirsError
+
 from . import paths, requirements
 
 ENV_VARIABLE = "UNIRS_ENGINE_PYTHON"
@@ -53,7 +56,7 @@ ALLOWED_ENV_PREFIXES = (
 # installed off the usual paths).
 EXTRA_ENV_VARIABLE = "UNIRS_WORKER_ENV"
 
-class EngineNotSetUp(RuntimeError):
+class EngineNotSetUp(UnirsError, RuntimeError):
     """No Python to run the engine was found; str() says what to do."""
 
 
@@ -115,9 +118,7 @@ class ManagedEnvironment:
     def write_record(self, record: EnvRecord) -> None:
         """Replace current.json in one step (a reader sees the old record or the new one)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.record_path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record.to_dict(), indent=2), encoding="utf-8")
-        os.replace(tmp, self.record_path)
+        write_atomic(self.record_path, json.dumps(record.to_dict(), indent=2))
 
 
 def is_managed_python(python: str | os.PathLike) -> bool:

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..errors import UnirsError
+
 from . import paths, requirements
 from .environment import EnvRecord, ManagedEnvironment, clean_env, missing_modules
 
@@ -41,7 +43,7 @@ Progress = Callable[[float, str], None]
 IsCancelled = Callable[[], bool]
 
 
-class SetupError(RuntimeError):
+class SetupError(UnirsError, RuntimeError):
     """The setup failed; str() is one line saying why and what to do. The previous environment (if
     any) is unchanged. `output`: what the failed command printed, when one did."""
 

@@ -10,44 +10,27 @@ already written (a torn last line from a killed run is dropped and redone).
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .. import prompts
-from ..engine import Engine, EngineError, GenerateItem, Request
-from ..types import TWO_IMAGE_PAIR, InputKind, Sample, image_slots
+from ..engine import Engine, EngineError, Request
+from ..errors import UnirsError
+from ..jsonlines import read_finished
+from ..stages import clue_item, generate
+from ..types import InputKind, Sample
 
 
-class ClueError(RuntimeError):
+class ClueError(UnirsError, RuntimeError):
     """Clues that cannot be written; the message names the sample or the file."""
 
 
 def read_clue_ids(path: str | Path) -> set[str]:
     """Ids already in a clue file; an unfinished last line (a killed run) is cut off with a warning."""
-    path = Path(path)
-    if not path.exists():
-        return set()
-    ids, good = set(), 0
-    lines = path.read_bytes().splitlines(keepends=True)
-    for n, line in enumerate(lines, 1):
-        try:
-            if not line.endswith(b"\n"):
-                raise ValueError("no end of line")
-            ids.add(str(json.loads(line)["id"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            if n < len(lines):
-                raise ClueError(f"{path}:{n}: not a clue record ({exc}); expected "
-                                "{\"id\": ..., \"clue\": ...}") from exc
-            warnings.warn(f"{path}:{n}: dropped an unfinished last line (a killed run?)",
-                          RuntimeWarning, stacklevel=2)
-            with path.open("r+b") as f:
-                f.truncate(good)
-            break
-        good += len(line)
-    return ids
+    return set(read_finished(path, lambda record: str(record["id"]), lambda where, why: ClueError(
+        f"{where}: not a clue record ({why}); expected {{\"id\": ..., \"clue\": ...}}")))
 
 
 def clue_request(sample: Sample) -> Request:
@@ -87,18 +70,14 @@ def write_clues(engine: Engine, samples: Sequence[Sample], out: str | Path, *, b
 
 
 def _generate_clues(engine: Engine, samples: list[Sample]) -> list[str]:
-    """One generate call for the clues of `samples` (as Engine._clue does one by one)."""
+    """One generate call for the clues of `samples`, read and prompted as the engine's clues are."""
     base = engine.clue_model
     items = []
     for s in samples:
         request = clue_request(s)
         try:
-            chips = engine._read(request)
+            chips = engine.read(request)
         except EngineError as exc:
             raise ClueError(f"sample {s.sample_id!r} ({', '.join(map(str, request.inputs))}): {exc}") from exc
-        feats = engine._encode(chips, base)                                 # (N, P, D)
-        pair_mode = TWO_IMAGE_PAIR if s.kind is InputKind.PAIR else None    # the base VLM: two slots
-        n_slots = image_slots(s.kind, feats.shape[0], pair_mode)
-        message = prompts.user_message(s.kind, prompts.CLUE_PROMPTS[s.kind], n_slots, task_tag=False)
-        items.append(GenerateItem(s.kind, feats, message, pair_mode))
-    return Engine._generate(base, items, engine.max_new_tokens)
+        items.append(clue_item(s.kind, engine.encode(chips, base)))          # features (N, P, D)
+    return generate(base, items, engine.max_new_tokens)

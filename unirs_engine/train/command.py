@@ -8,11 +8,9 @@ The same command runs on one CPU, one GPU or many:
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 
-from ..argtypes import positive_int
-from .config import STAGES, ConfigError, load_config
+from ..argtypes import CommandError, add_model_arguments, key_value, positive_int
+from .config import STAGES, load_config
 
 CLUE_TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat")
 
@@ -37,33 +35,24 @@ def register(subparsers) -> None:
         description="The clue the engine writes at inference (paper Table II prompts), for every "
                     "sample, appended to OUT as {\"id\", \"clue\"} lines (a rerun resumes); give OUT "
                     "as a data spec's `clues` to train with clues.")
-    p.add_argument("--model", required=True, metavar="DIR",
-                   help="the base VLM (VILA-1.5; the demo: runs/demo/align/checkpoint)")
+    add_model_arguments(p, model_required=True, model_help="the base VLM (VILA-1.5; the demo: "
+                                                           "runs/demo/align/checkpoint)")
     p.add_argument("--task", required=True, choices=CLUE_TASKS)
     p.add_argument("--data", required=True, metavar="DIR", help="dataset root")
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, metavar="FILE", help="clue file (JSON lines)")
-    p.add_argument("--option", dest="options", metavar="KEY=VALUE", action="append", default=[],
+    p.add_argument("--option", dest="options", metavar="KEY=VALUE", type=key_value, action="append", default=[],
                    help="dataset reader option as in a data spec's options (JSON value), e.g. "
                         "protocol=full; repeatable")
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--max-new-tokens", type=positive_int, default=64,
                    help="as `unirs eval`, so that training and evaluation clues match")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: CUDA when present, else CPU)")
-    p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bf16 on CUDA, fp32 on CPU)")
     p.set_defaults(func=run_clues)
 
 
 def run_train(args) -> int:
-    try:
-        config = load_config(args.stage, args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"unirs train: error: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.stage, args.config, args.overrides)
     # imported here: `unirs --help` should not load torch
-    from ..data import DataError
-    from .data import SampleError
-
     if args.stage == "vision":
         from .vision_pretrain import train_vision as train
     elif args.stage == "align":
@@ -76,40 +65,25 @@ def run_train(args) -> int:
         from .instruct import train_instruct as train
     try:
         final = train(config, resume=args.resume)
-    except (ConfigError, DataError, SampleError, FileNotFoundError) as exc:
-        print(f"unirs train: error: {exc}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as exc:   # a data or checkpoint folder named in the config
+        raise CommandError(str(exc)) from None
     print(f"checkpoint: {final}")
     return 0
 
 
 def run_clues(args) -> int:
-    options = {}
-    for item in args.options:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            print(f"unirs clues: error: --option {item!r}: expected KEY=VALUE", file=sys.stderr)
-            return 2
-        try:
-            options[key] = json.loads(text)
-        except json.JSONDecodeError:
-            options[key] = text
+    options = dict(args.options)
     from ..data import DataError, load_samples
     from ..engine import Engine
     from ..model.checkpoint import load_checkpoint
-    from .clues import ClueError, write_clues
+    from .clues import write_clues
 
     try:
         samples = load_samples(args.task, args.data, split=args.split, on_error="skip", **options)
     except (DataError, TypeError) as exc:  # TypeError: an option the reader does not take
-        print(f"unirs clues: error: {args.task} data at {args.data}: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(f"{args.task} data at {args.data}: {exc}") from None
     base = load_checkpoint(args.model, device=args.device, dtype=args.dtype)
     engine = Engine(base, clue_model=base, max_new_tokens=args.max_new_tokens)
-    try:
-        written = write_clues(engine, samples, args.out, batch_size=args.batch_size)
-    except ClueError as exc:
-        print(f"unirs clues: error: {exc}", file=sys.stderr)
-        return 2
+    written = write_clues(engine, samples, args.out, batch_size=args.batch_size)
     print(f"{args.out}: {written} clues written, {len(samples) - written} already there")
     return 0

@@ -10,12 +10,16 @@ import dataclasses
 import json
 import types
 import typing
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..argtypes import key_value
+from ..errors import UnirsError
 
-class ConfigError(ValueError):
+
+class ConfigError(UnirsError, ValueError):
     """A configuration that cannot be used; the message names the file and the key."""
 
 
@@ -113,11 +117,14 @@ class VisionConfig(StageConfig):
     augment: bool = True         # random 90-degree rotations and flips of images and videos
     eval_split: str = "val"      # held-out accuracy of the classifier, reported in vision.json
     min_caption_word_count: int = 5  # image pairs: rarer caption words are not targets
+    dense_weight: float = 0.0    # > 0: plus this x the loss of a per-token land-cover head (synthetic data)
 
     def check(self) -> list[str]:
         problems = super().check()
         problems += _check_data(self.data)
         problems += _check_frames_and_warmup(self.num_frames, self.warmup_ratio)
+        if self.dense_weight < 0:
+            problems.append(f"dense_weight: must be >= 0, got {self.dense_weight}")
         return problems
 
 
@@ -260,13 +267,10 @@ def load_config(stage: str, path: str | Path | None = None, overrides: list[str]
 
 
 def _apply_override(raw: dict[str, Any], item: str, source: str) -> None:
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected key=value")
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = text
+        key, value = key_value(item)
+    except ArgumentTypeError as exc:
+        raise ConfigError(f"--set {exc}") from None
     *parents, last = key.split(".")
     node: Any = raw
     for part in parents:

@@ -17,14 +17,14 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from .. import prompts
 from ..data import load_samples
-from ..inputs.pair import read_pair
+from ..errors import UnirsError
 from ..inputs.preprocess import ImagePreprocessor
-from ..inputs.raster import read_chip
-from ..inputs.video import read_frame_stack, read_video_frames
+from ..inputs.video import read_frame_stack
+from ..stages import read_inputs
 from ..types import Chip, InputKind, Sample
 
 
-class SampleError(ValueError):
+class SampleError(UnirsError, ValueError):
     """A sample that cannot be used for training; the message names the record and its file."""
 
 
@@ -33,14 +33,9 @@ class SkippedSampleWarning(UserWarning):
 
 
 def read_chips(sample: Sample, num_frames: int) -> list[Chip]:
-    """The sample's pictures: [image], [before, after] on one grid, or up to `num_frames` frames."""
-    if sample.kind is InputKind.IMAGE:
-        return [read_chip(sample.images[0])]
-    if sample.kind is InputKind.PAIR:
-        return list(read_pair(sample.images[0], sample.images[1]))
-    if sample.video:
-        return read_video_frames(sample.video, n=num_frames)
-    return read_frame_stack(sample.images, n=num_frames)
+    """The sample's pictures, read as the engine reads a request (stages.read_inputs): [image],
+    [before, after] on one grid, or up to `num_frames` frames."""
+    return read_inputs(sample.kind, [sample.video] if sample.video else sample.images, num_frames=num_frames)
 
 
 def sample_source(sample: Sample) -> str:

@@ -8,14 +8,17 @@ classification, one answer class per distinct training answer), so every project
 carry what the questions ask about. Image pairs (LEVIR-CC format) go through the Change
 Extraction module and the same projector and are asked whether anything changed (yes/no from
 `changeflag`) and which words their captions use (multi-label), so the tower also learns to keep
-what changes between two dates. The align stage then starts from these weights (`vision_init`)
-and keeps them frozen; the cem stage goes on training this CEM. Part of the demo recipe
-(`VISION=0 scripts/train_demo.sh` leaves it out; results of both in docs/training.md).
+what changes between two dates. With `dense_weight` > 0 a throw-away per-token land-cover head
+is trained beside it on the synthetic benchmark's per-cell fractions (data/synthetic/landcover.py):
+every projected token has to say what covers its part of the picture, small objects included.
+The align stage then starts from these weights (`vision_init`) and keeps them frozen; the cem
+stage goes on training this CEM. Part of the demo recipe (`VISION=0 scripts/train_demo.sh` leaves
+it out; results of both in docs/training.md).
 
 Writes out/checkpoint/{vision.safetensors, vision.json}: the tower's `vision_tower.*`, the
 projector's `mm_projector.layers.single.*` and, with pairs, the CEM's `mm_projector.layers.change.*`
 weights (the keys of UniRSModel's state dict), and the model spec, vocabularies and held-out
-accuracy.
+accuracy (and the land-cover head's per-class token AP). The loss's parts go to out/losses.jsonl.
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from ..data.synthetic.landcover import CLASSES as LANDCOVER_CLASSES
+from ..data.synthetic.landcover import landcover_path, read_landcover
 from ..inputs.preprocess import ImagePreprocessor
 from ..model.checkpoint import default_image_processor
 from ..model.factory import ModelSpec
@@ -47,6 +54,9 @@ from .data import SampleError, SkippingDataset, collate, read_chips, read_spec, 
 
 WEIGHTS_FILE = "vision.safetensors"
 INFO_FILE = "vision.json"
+LOSSES_FILE = "losses.jsonl"   # with the land-cover head: the loss's parts; log.jsonl has their weighted sum
+LOSS_PARTS = ("classifier", "dense")
+DENSE_POSITIVE = 0.1           # held-out AP: a token "has" a class that covers >= 10 % of its area
 CHECKPOINT_DIR = "checkpoint"
 TOWER_PREFIX, PROJECTOR_PREFIX = "vision_tower.", "mm_projector."
 SINGLE_PREFIX = PROJECTOR_PREFIX + "layers.single."  # always there; layers.change.* with pairs
@@ -86,13 +96,14 @@ def changed_answer(pair: Sample) -> str:
 class QuestionedImages(SkippingDataset):
     """One item per picture (an image, a video's frames, or a before/after pair) with all its
     questions: {pixel_values (N,3,S,S), pair: bool, questions [[word ids]], answers [class ids],
-    describe [bool per question], caption_words multi-hot (W,) (zeros but for pairs)}.
+    describe [bool per question], caption_words multi-hot (W,) (zeros but for pairs),
+    landcover (N,C,G,G) fractions of each picture, or None (not asked for, a video, or none written)}.
 
     Grouping the questions of one image costs one tower pass for all of them."""
 
     def __init__(self, samples: Sequence[Sample], preprocessor: ImagePreprocessor, vocab: dict[str, int],
                  answers: dict[str, int], caption_vocab: dict[str, int], num_frames: int,
-                 augment: bool) -> None:
+                 augment: bool, landcover: bool = False) -> None:
         super().__init__()
         groups: dict[str, list[Sample]] = {}
         for sample in samples:
@@ -100,6 +111,7 @@ class QuestionedImages(SkippingDataset):
         self.groups = list(groups.values())
         self.preprocessor, self.vocab, self.answers = preprocessor, vocab, answers
         self.caption_vocab, self.num_frames, self.augment = caption_vocab, num_frames, augment
+        self.landcover = landcover
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -108,10 +120,20 @@ class QuestionedImages(SkippingDataset):
         unknown = len(self.vocab)  # one id for words never seen in training
         return [self.vocab.get(w, unknown) for w in words(text)] or [unknown]
 
+    def landcover_of(self, sample: Sample) -> torch.Tensor | None:
+        """(N, C, G, G) fractions of an image's or a pair's pictures; None when any is missing."""
+        if not self.landcover or sample.kind is InputKind.SEQUENCE:
+            return None
+        covers = [read_landcover(path) for path in sample.images]
+        if any(cover is None for cover in covers):
+            return None
+        return torch.from_numpy(np.stack(covers))                                     # (N, C, G, G)
+
     def load(self, index: int) -> dict[str, Any]:
         group = self.groups[index]
         try:
             pixels = self.preprocessor(read_chips(group[0], self.num_frames))          # (N, 3, S, S)
+            landcover = self.landcover_of(group[0])                                 # (N, C, G, G) or None
         except (ValueError, OSError) as exc:
             raise SampleError(f"sample {group[0].sample_id!r} ({sample_source(group[0])}): {exc}") from exc
         caption_words = torch.zeros(len(self.caption_vocab))                          # (W,)
@@ -124,17 +146,21 @@ class QuestionedImages(SkippingDataset):
             return {"pixel_values": pixels, "pair": True,
                     "questions": [self.question(CHANGED_QUESTION), self.question(DESCRIBE_QUESTION)],
                     "answers": [self.answers[changed_answer(pair)], -100], "describe": [False, True],
-                    "caption_words": caption_words}
+                    "caption_words": caption_words, "landcover": landcover}
         # The answers (presence, counts, events) do not change under these. Torch's own RNG: in a
         # loader worker it is reseeded every epoch from the loader's seeded generator.
+        # The land-cover grid (rows, cols like the pixels) turns and flips with them.
         if self.augment:
-            pixels = torch.rot90(pixels, int(torch.randint(4, (1,))), dims=(2, 3))
+            turns = int(torch.randint(4, (1,)))
+            pixels = torch.rot90(pixels, turns, dims=(2, 3))
+            landcover = None if landcover is None else torch.rot90(landcover, turns, dims=(2, 3))
             if torch.rand(1) < 0.5:
                 pixels = pixels.flip(3)
+                landcover = None if landcover is None else landcover.flip(3)
         return {"pixel_values": pixels, "pair": False,
                 "questions": [self.question(s.instruction) for s in group],
                 "answers": [self.answers.get(s.references[0].strip().lower(), -100) for s in group],
-                "describe": [False] * len(group), "caption_words": caption_words}
+                "describe": [False] * len(group), "caption_words": caption_words, "landcover": landcover}
 
 
 class AnswerClassifier(nn.Module):
@@ -163,31 +189,67 @@ class AnswerClassifier(nn.Module):
         return self.classify(joint), self.describe(joint)
 
 
-class VisionPretrainer(nn.Module):
-    """Tower -> (CEM for pairs) -> projector -> classifier; one forward per micro-batch (what DDP
-    needs to see)."""
+class LandCoverHead(nn.Module):
+    """Throw-away dense head: each projected visual token -> one logit per land-cover class, trained
+    (soft BCE) towards the fractions of the picture area the token covers."""
 
-    def __init__(self, tower: VisionTower, projector: MultimodalProjector, head: AnswerClassifier) -> None:
+    def __init__(self, hidden: int, n_classes: int, patch_grid: int) -> None:
+        super().__init__()
+        self.classify = nn.Linear(hidden, n_classes)
+        self.patch_grid = patch_grid
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.classify(tokens)                                          # (M, T, H) -> (M, T, C)
+
+    def targets(self, fractions: torch.Tensor) -> torch.Tensor:
+        """(M, C, G, G) per-cell fractions -> (M, T, C) per token, in the projector's token order."""
+        g = self.patch_grid
+        x = nn.functional.adaptive_avg_pool2d(fractions, g)                   # (M, C, g, g): per patch
+        x = nn.functional.pad(x, (0, g % 2, 0, g % 2))                        # (M, C, g', g'), as DownSampleBlock
+        x = nn.functional.avg_pool2d(x, 2)                                    # (M, C, g'/2, g'/2): per 2x2 merge
+        # DownSampleBlock's token t = col * g'/2 + row (column pairs major)
+        return x.transpose(2, 3).flatten(2).transpose(1, 2)                   # (M, T, C)
+
+
+class VisionPretrainer(nn.Module):
+    """Tower -> (CEM for pairs) -> projector -> classifier (+ land-cover head); one forward per
+    micro-batch (what DDP needs to see). `losses` holds the last forward's loss parts."""
+
+    def __init__(self, tower: VisionTower, projector: MultimodalProjector, head: AnswerClassifier,
+                 dense: LandCoverHead | None = None, dense_weight: float = 0.0) -> None:
         super().__init__()
         self.vision_tower, self.projector, self.head = tower, projector, head
+        self.dense, self.dense_weight = dense, dense_weight
+        self.losses: dict[str, torch.Tensor] = {}
 
-    def visual_tokens(self, batch: dict[str, list]) -> list[torch.Tensor]:
-        """Each item's projected tokens: (N, T, H) for an image or video, (1, T, H) for a pair."""
+    def visual_tokens(self, batch: dict[str, list]) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+        """Each item's projected tokens: (N, T, H) for an image or video, (1, T, H) for a pair; and,
+        with a land-cover head, those of its own pictures where it has land cover ((N, T, H); a
+        pair's two dates projected apart, without the CEM), else None."""
         counts = [p.shape[0] for p in batch["pixel_values"]]
         maps = list(self.vision_tower(torch.cat(batch["pixel_values"])).split(counts))  # (N, P, D) each
+        items = list(maps)
         pairs = [i for i, is_pair in enumerate(batch["pair"]) if is_pair]
         if pairs:
             fused = self.projector.fuse_pair(torch.stack([maps[i][0] for i in pairs]),
                                              torch.stack([maps[i][1] for i in pairs]))  # (n_pairs, P, D)
             for j, i in enumerate(pairs):
-                maps[i] = fused[j:j + 1]                                                # (1, P, D)
-        tokens = self.projector.project(torch.cat(maps))                                 # (sum N', T, H)
-        return list(tokens.split([m.shape[0] for m in maps]))
+                items[i] = fused[j:j + 1]                                               # (1, P, D)
+        covered = [i for i, cover in enumerate(batch["landcover"]) if cover is not None] if self.dense else []
+        dates = [i for i in covered if batch["pair"][i]]   # images: their item tokens are their pictures'
+        inputs = items + [maps[i] for i in dates]
+        tokens = list(self.projector.project(torch.cat(inputs)).split([m.shape[0] for m in inputs]))  # (N', T, H)
+        pictures: list[torch.Tensor | None] = [None] * len(items)
+        for i in covered:
+            pictures[i] = tokens[len(items) + dates.index(i)] if i in dates else tokens[i]
+        return tokens[:len(items)], pictures
 
     def logits(self, batch: dict[str, list]) -> dict[str, torch.Tensor]:
         """Answer logits (Q, C) with labels (Q,); caption-word logits and targets (Qd, W) for the
-        Qd describe questions."""
-        per_item = [t.flatten(0, 1) for t in self.visual_tokens(batch)]                 # (N*T, H) each
+        Qd describe questions; with a land-cover head and pictures with land cover, its logits and
+        targets (M, T, C) for their M pictures."""
+        items, pictures = self.visual_tokens(batch)
+        per_item = [t.flatten(0, 1) for t in items]                                      # (N*T, H) each
         device = per_item[0].device
         longest = max(t.shape[0] for t in per_item)
         padded = torch.stack([nn.functional.pad(t, (0, 0, 0, longest - t.shape[0])) for t in per_item])
@@ -197,16 +259,58 @@ class VisionPretrainer(nn.Module):
         questions = [q for qs in batch["questions"] for q in qs]
         answer_logits, word_logits = self.head(padded[owner], mask[owner], questions)  # (Q, C), (Q, W)
         describe = torch.tensor([d for ds in batch["describe"] for d in ds], device=device)
-        return {"answers": answer_logits,
-                "labels": torch.tensor([a for ans in batch["answers"] for a in ans], device=device),
-                "words": word_logits[describe],                                          # (Qd, W)
-                "word_targets": torch.stack(batch["caption_words"]).to(device)[owner[describe]]}
+        out = {"answers": answer_logits,
+               "labels": torch.tensor([a for ans in batch["answers"] for a in ans], device=device),
+               "words": word_logits[describe],                                          # (Qd, W)
+               "word_targets": torch.stack(batch["caption_words"]).to(device)[owner[describe]]}
+        covered = [i for i, t in enumerate(pictures) if t is not None]
+        if covered:
+            out["dense"] = self.dense(torch.cat([pictures[i] for i in covered]))        # (M, T, C)
+            out["dense_targets"] = self.dense.targets(
+                torch.cat([batch["landcover"][i] for i in covered]).to(device))         # (M, T, C)
+        return out
 
     def forward(self, batch: dict[str, list]) -> torch.Tensor:
         out = self.logits(batch)
         loss = nn.functional.cross_entropy(out["answers"], out["labels"], ignore_index=-100)
         if out["words"].numel():  # describe questions asked, and caption words to find
             loss = loss + nn.functional.binary_cross_entropy_with_logits(out["words"], out["word_targets"])
+        self.losses = {"classifier": loss.detach()}
+        if "dense" in out:  # summed over the classes (most are absent from most tokens), mean over tokens
+            dense = nn.functional.binary_cross_entropy_with_logits(
+                out["dense"], out["dense_targets"], reduction="none").sum(-1).mean()
+            self.losses["dense"] = dense.detach()
+            loss = loss + self.dense_weight * dense
+        return loss
+
+
+class LossParts:
+    """loop.run's compute_loss: the model's loss; its LOSS_PARTS (VisionPretrainer.losses) go to
+    out/losses.jsonl on the steps log.jsonl logs (mean over the step's micro-batches, as there;
+    NaN for a part no micro-batch had, e.g. no picture with land cover)."""
+
+    def __init__(self, model: nn.Module, accelerator: Accelerator, out: Path, log_every: int, last: int,
+                 step: int) -> None:
+        self.model, self.accelerator, self.out = model, accelerator, out
+        self.log_every, self.last, self.step = log_every, last, step   # step: where a resumed run starts
+        self.window: dict[str, list[torch.Tensor]] = {name: [] for name in LOSS_PARTS}
+
+    def __call__(self, batch: dict[str, list]) -> torch.Tensor:
+        loss = self.model(batch)
+        for name, value in self.accelerator.unwrap_model(self.model).losses.items():
+            self.window[name].append(value)
+        if self.accelerator.sync_gradients:   # this micro-batch ends an optimizer step
+            self.step += 1
+            if self.step % self.log_every == 0 or self.step == self.last:
+                nan = torch.tensor(float("nan"), device=loss.device)
+                # every process reduces the same parts in the same order
+                record = {name: self.accelerator.reduce(torch.stack(values).mean() if values else nan,
+                                                        "mean").item()
+                          for name, values in self.window.items()}
+                if self.accelerator.is_main_process:
+                    with open(self.out / LOSSES_FILE, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"step": self.step, **record}) + "\n")
+            self.window = {name: [] for name in LOSS_PARTS}
         return loss
 
 
@@ -232,15 +336,29 @@ def vocabularies(samples: Sequence[Sample], min_caption_word_count: int
     return vocab, answers, caption_vocab
 
 
+def average_precision(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """AP of ranking (n,) `scores` for (n,) bool `positive`: the mean precision at each positive."""
+    hits = positive[scores.argsort(descending=True)].float()                   # (n,)
+    precision = hits.cumsum(0) / torch.arange(1, len(hits) + 1)                # (n,)
+    return float((precision * hits).sum() / hits.sum())
+
+
 @torch.no_grad()
-def accuracy(model: VisionPretrainer, dataset: QuestionedImages, batch_size: int) -> dict[str, float]:
-    """Held-out answer accuracy, pictures' and pairs' questions apart (pairs: changed yes/no)."""
+def held_out_scores(model: VisionPretrainer, dataset: QuestionedImages, batch_size: int
+                    ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Held-out answer accuracy, pictures' and pairs' questions apart (pairs: changed yes/no); and,
+    with a land-cover head, per class seen, the AP of its token logits for the tokens with at least
+    DENSE_POSITIVE of the class, beside those tokens' share (the AP of a random ranking)."""
     model.eval()
     right = {"pictures": 0, "pairs": 0}
     total = {"pictures": 0, "pairs": 0}
+    dense, dense_targets = [], []
     for start in tqdm(range(0, len(dataset), batch_size), desc="held-out", unit="batch", leave=False):
         batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         out = model.logits(batch)
+        if "dense" in out:
+            dense.append(out["dense"].flatten(0, 1).cpu())                       # (M*T, C)
+            dense_targets.append(out["dense_targets"].flatten(0, 1).cpu())       # (M*T, C)
         hits = (out["answers"].argmax(-1) == out["labels"]).tolist()
         # an answer never seen in training (label -100) counts as wrong; describe questions have none
         asked = [("pairs" if is_pair else "pictures", d)
@@ -250,7 +368,13 @@ def accuracy(model: VisionPretrainer, dataset: QuestionedImages, batch_size: int
                 right[kind] += hit
                 total[kind] += 1
     model.train()
-    return {kind: right[kind] / total[kind] for kind in total if total[kind]}
+    ap = {}
+    if dense:
+        logits, positive = torch.cat(dense), torch.cat(dense_targets) >= DENSE_POSITIVE  # (n, C) each
+        ap = {name: {"ap": average_precision(logits[:, c], positive[:, c]),
+                     "positive_share": float(positive[:, c].float().mean())}
+              for c, name in enumerate(LANDCOVER_CLASSES) if positive[:, c].any()}
+    return {kind: right[kind] / total[kind] for kind in total if total[kind]}, ap
 
 
 def train_vision(config: VisionConfig, resume: str | Path | None = None) -> Path:
@@ -260,8 +384,13 @@ def train_vision(config: VisionConfig, resume: str | Path | None = None) -> Path
     has_pairs = any(s.kind is InputKind.PAIR for s in train_samples)
     if has_pairs and not spec.with_change:
         raise ConfigError("data: image pairs need model_spec.with_change = true (the CEM fuses them)")
-    # a batch without pairs leaves the CEM and the caption-word head without gradient
-    accelerator = loop.make_accelerator(config, find_unused_parameters=has_pairs)
+    dense = config.dense_weight > 0
+    if dense and not any(landcover_path(s.images[0]).is_file() for s in train_samples if s.images):
+        raise ConfigError("dense_weight: no training picture has land-cover fractions (landcover/ beside "
+                          "the images, written by `unirs synth`)")
+    # a batch without pairs leaves the CEM and the caption-word head without gradient, one
+    # without land cover the land-cover head
+    accelerator = loop.make_accelerator(config, find_unused_parameters=has_pairs or dense)
     out = loop.prepare_out(config, accelerator)
     preprocessor = ImagePreprocessor(default_image_processor(spec.image_size), spec.image_aspect_ratio)
     vocab, answers, caption_vocab = vocabularies(train_samples, config.min_caption_word_count)
@@ -271,15 +400,23 @@ def train_vision(config: VisionConfig, resume: str | Path | None = None) -> Path
     freeze_unused_tower_layers(tower)
     projector = MultimodalProjector(spec.vision_hidden, spec.llm_hidden,
                                     change_grid=spec.grid if has_pairs else None)
-    model = VisionPretrainer(tower, projector, AnswerClassifier(spec.llm_hidden, len(vocab), len(answers),
-                                                                len(caption_vocab)))
+    classifier = AnswerClassifier(spec.llm_hidden, len(vocab), len(answers), len(caption_vocab))
+    # made last: without it every other module starts as before
+    head = LandCoverHead(spec.llm_hidden, len(LANDCOVER_CLASSES), spec.grid) if dense else None
+    model = VisionPretrainer(tower, projector, classifier, head, config.dense_weight)
     dataset = QuestionedImages(train_samples, preprocessor, vocab, answers, caption_vocab, config.num_frames,
-                               augment=config.augment)
+                               augment=config.augment, landcover=dense)
     model, optimizer, scheduler, loader, params = loop.prepare_adamw_cosine(
         config, accelerator, model, loader=loop.make_loader(dataset, config, collate))
     if accelerator.is_main_process:
         save_config(config, out / "train_config.json")
-    loop.run(config, accelerator, model, optimizer, scheduler, loader, model, params=params,
+    compute_loss = model
+    if dense:
+        progress = Path(resume or "") / loop.PROGRESS_FILE
+        start = json.loads(progress.read_text())["step"] if resume and progress.is_file() else 0
+        compute_loss = LossParts(model, accelerator, out, config.log_every,
+                                 loop.total_steps(config, loader, accelerator.gradient_accumulation_steps), start)
+    loop.run(config, accelerator, model, optimizer, scheduler, loader, compute_loss, params=params,
              resume=resume, desc="vision")
     accelerator.wait_for_everyone()
     final = out / CHECKPOINT_DIR
@@ -287,18 +424,20 @@ def train_vision(config: VisionConfig, resume: str | Path | None = None) -> Path
         trained = accelerator.unwrap_model(model)
         held_out = [s for d in config.data
                     for s in read_spec(dataclasses.replace(d, split=config.eval_split))]
-        scores = {}
+        scores, landcover_ap = {}, {}
         if held_out:
-            scores[config.eval_split] = accuracy(trained, QuestionedImages(
-                held_out, preprocessor, vocab, answers, caption_vocab, config.num_frames, augment=False),
-                config.batch_size)
+            scores[config.eval_split], landcover_ap[config.eval_split] = held_out_scores(trained, QuestionedImages(
+                held_out, preprocessor, vocab, answers, caption_vocab, config.num_frames, augment=False,
+                landcover=dense), config.batch_size)
         final.mkdir(parents=True, exist_ok=True)
         state = {**{TOWER_PREFIX + k: v for k, v in trained.vision_tower.state_dict().items()},
                  **{PROJECTOR_PREFIX + k: v for k, v in trained.projector.state_dict().items()}}
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(final / WEIGHTS_FILE))
-        (final / INFO_FILE).write_text(json.dumps(
-            {"model_spec": config.model_spec, "accuracy": scores, "answers": list(answers),
-             "question_words": len(vocab), "caption_words": list(caption_vocab)}, indent=2) + "\n")
+        info = {"model_spec": config.model_spec, "accuracy": scores, "answers": list(answers),
+                "question_words": len(vocab), "caption_words": list(caption_vocab)}
+        if dense:
+            info["landcover_ap"] = landcover_ap   # the head itself is not kept, like the classifier
+        (final / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     accelerator.wait_for_everyone()
     return final
 

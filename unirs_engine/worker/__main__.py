@@ -5,11 +5,12 @@ this Python runs the engine end to end (runtime/check.py) and exits."""
 import argparse
 import sys
 
+from ..argtypes import add_model_arguments
+
 if "--check" in sys.argv[1:]:
     parser = argparse.ArgumentParser(prog="python -m unirs_engine.worker --check")
     parser.add_argument("--check", action="store_true", required=True)
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: UNIRS_MODEL, else the demo model)")
-    parser.add_argument("--device", default=None, help='"cpu", "cuda", "cuda:0" (default: CUDA if present)')
+    add_model_arguments(parser, dtype=False)
     parser.add_argument("--json", action="store_true", help="one machine-readable report line")
     args = parser.parse_args()
     from ..runtime.check import main as check_main

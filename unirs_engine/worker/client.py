@@ -32,6 +32,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..errors import UnirsError
 from ..runtime import requirements
 from ..runtime.environment import EngineNotSetUp, clean_env, resolve_engine_python
 from ..runtime.paths import cache_dir
@@ -49,7 +50,7 @@ OnProgress = Callable[[float, str], None]
 IsCancelled = Callable[[], bool]
 
 
-class EngineClientError(RuntimeError):
+class EngineClientError(UnirsError, RuntimeError):
     """The engine could not answer; str() is a one-line message for the user."""
 
     def __init__(self, message: str, error_type: str | None = None):

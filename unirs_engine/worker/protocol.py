@@ -23,7 +23,7 @@ import json
 import re
 from typing import Any
 
-from ..errors import is_expected
+from ..errors import UnirsError, is_expected
 
 PROTOCOL_VERSION = 1
 CONTROL_OPS = ("cancel", "shutdown")
@@ -41,11 +41,11 @@ _RESPONSE_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
 }
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UnirsError, ValueError):
     """A line that is not a valid protocol message; the message says what is wrong."""
 
 
-class RequestError(ValueError):
+class RequestError(UnirsError, ValueError):
     """A request the worker cannot run as given (unknown op, a param missing, of the wrong type or a
     relative path); the message says which op and param, and what it must be."""
 

@@ -23,9 +23,6 @@ param is a RequestError whose one-line message names the op, the param and what 
 Ops are looked up in a registry: `register_op(name, handler)` with
 `handler(engine, params, progress, is_cancelled) -> dict`. The in-process client runs the same
 handlers through `run_op`, so both clients answer alike.
-
-Test hook: with UNIRS_WORKER_TEST_NOISE=1 in its environment the worker prints a line through
-sys.stdout and one straight to fd 1 after taking over stdout (the protocol must stay intact).
 """
 
 from __future__ import annotations
@@ -39,6 +36,7 @@ import traceback
 from collections import deque
 from typing import Any, BinaryIO, Callable
 
+from ..argtypes import add_model_arguments
 from ..errors import is_expected
 from . import protocol
 
@@ -417,9 +415,7 @@ def _take_stdout() -> BinaryIO:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m unirs_engine.worker", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="checkpoint directory (default: UNIRS_MODEL, else the demo model)")
-    p.add_argument("--device", default=None, help='"cpu", "cuda", "cuda:0" (default: CUDA if present)')
-    p.add_argument("--clue-model", default=None, help="base VLM directory that writes clues")
+    add_model_arguments(p, dtype=False, clue_model="base VLM directory that writes clues")
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats while busy")
     return p.parse_args(argv)
 
@@ -437,9 +433,6 @@ def main(argv: list[str] | None = None) -> int:
     out = _take_stdout()
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s unirs-worker %(message)s")
-    if os.environ.get("UNIRS_WORKER_TEST_NOISE"):
-        print("noise: a library printed to sys.stdout")
-        os.write(1, b"noise: C code wrote to fd 1\n")
     worker = Worker(out, heartbeat_s=args.heartbeat)
     # A private reader of fd 0: at exit Python flushes sys.stdin, and would abort (SIGABRT) if the
     # reader thread were blocked inside that very object.

@@ -8,7 +8,7 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingParam
                        QgsRasterLayer, QgsWkbTypes)
 
 from unirs_qgis.algorithms.base import UniRSAlgorithm, bounds_of, crs_for_engine, crs_label
-from unirs_qgis.answers import ASK_FIELDS, feature_from_result, footprint_crs
+from unirs_qgis.answers import ask_fields, feature_from_result, footprint_crs
 from unirs_qgis.settings import PluginSettings
 
 BANDS_LABEL = "Bands as R,G,B (e.g. 4,3,2)"
@@ -88,7 +88,7 @@ class AskAlgorithm(UniRSAlgorithm):
         feedback.pushInfo(f"Answer: {result['answer']}")
 
         crs = footprint_crs(result)
-        feature = feature_from_result(result, ASK_FIELDS(), dest_crs=crs, question=question,
+        feature = feature_from_result(result, ask_fields(), dest_crs=crs, question=question,
                                       layer=layer.name(), extent_crs=crs_label(extent_crs))
         wkb = QgsWkbTypes.Polygon if crs.isValid() else QgsWkbTypes.NoGeometry
         return {"OUTPUT": self.write_feature(parameters, context, feature, wkb, crs, "ask")}

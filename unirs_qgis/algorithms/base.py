@@ -12,6 +12,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsFeature, QgsFeatureSink,
 from qgis.PyQt.QtCore import QCoreApplication, QDate
 from qgis.PyQt.QtGui import QIcon
 
+from unirs_engine.errors import UnirsError
 from unirs_qgis import ICON_PATH
 from unirs_qgis.about import help_url
 from unirs_qgis.answer_style import AnswerLayerStyler, style_answers_file
@@ -177,7 +178,7 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
 
     def call_engine(self, method: str, feedback: QgsProcessingFeedback, *args, **kwargs) -> dict[str, Any]:
         """client.<method>(*args, **kwargs) with progress and cancel wired to `feedback`."""
-        from unirs_engine.worker.client import EngineClientError, RequestCancelled
+        from unirs_engine.worker.client import RequestCancelled
 
         def on_progress(fraction: float, message: str) -> None:
             feedback.setProgress(PREPARED + (100.0 - PREPARED) * fraction)
@@ -197,7 +198,7 @@ class UniRSAlgorithm(QgsProcessingAlgorithm):
                 feedback.pushWarning(warning)
         except RequestCancelled as e:
             raise QgsProcessingException(CANCELLED) from e
-        except (EngineClientError, RuntimeError, ValueError, OSError) as e:
+        except UnirsError as e:   # the input's or the setup's fault; anything else is a bug: its traceback shows
             raise QgsProcessingException(f"UniRS engine: {e}") from e
         if feedback.isCanceled():  # cancelled just as the answer arrived: still write nothing
             raise QgsProcessingException(CANCELLED)

@@ -11,7 +11,7 @@ from qgis.core import (QgsCoordinateReferenceSystem, QgsProcessing, QgsProcessin
 
 from unirs_engine.prompts import ERA_CLASSES
 from unirs_qgis.algorithms.base import UniRSAlgorithm
-from unirs_qgis.answers import CLASSIFY_FIELDS, feature_from_result, footprint_crs
+from unirs_qgis.answers import classify_fields, feature_from_result, footprint_crs
 from unirs_qgis.dates import describe_dates, order_by_date, undated_warning
 
 VIDEO_FILTER = "Videos (*.mp4 *.avi *.mov *.mkv *.webm);;All files (*.*)"
@@ -78,7 +78,7 @@ class ClassifySequenceAlgorithm(UniRSAlgorithm):
         sampled = result["extra"].get("frames") or []
         frame_names = [names.get(str(f), str(f)) for f in sampled] if names else sampled
         crs = footprint_crs(result) if not video else None
-        feature = feature_from_result(result, CLASSIFY_FIELDS(), dest_crs=crs,
+        feature = feature_from_result(result, classify_fields(), dest_crs=crs,
                                       frames=json.dumps(frame_names), classes=", ".join(classes))
         geometric = crs is not None and crs.isValid()
         if not geometric:

@@ -6,7 +6,7 @@ from qgis.core import (QgsProcessing, QgsProcessingParameterExtent, QgsProcessin
                        QgsProcessingParameterRasterLayer, QgsProcessingParameterString, QgsWkbTypes)
 
 from unirs_qgis.algorithms.base import UniRSAlgorithm, bounds_of, crs_for_engine
-from unirs_qgis.answers import CHANGE_FIELDS, change_details, feature_from_result, footprint_crs
+from unirs_qgis.answers import change_fields, change_details, feature_from_result, footprint_crs
 
 
 class DescribeChangeAlgorithm(UniRSAlgorithm):
@@ -64,7 +64,7 @@ class DescribeChangeAlgorithm(UniRSAlgorithm):
         feedback.pushInfo(change_details(result))
 
         crs = footprint_crs(result)
-        feature = feature_from_result(result, CHANGE_FIELDS(), dest_crs=crs,
+        feature = feature_from_result(result, change_fields(), dest_crs=crs,
                                       date_before=date_before, date_after=date_after,
                                       layer_before=before.name(), layer_after=after.name())
         wkb = QgsWkbTypes.Polygon if crs.isValid() else QgsWkbTypes.NoGeometry

@@ -22,7 +22,8 @@ from qgis.core import (QgsProcessingContext, QgsProcessingException, QgsProcessi
                        QgsProcessingParameterFolderDestination, QgsProcessingParameterNumber,
                        QgsProcessingParameterString, QgsVectorLayer)
 
-from unirs_engine.review.job import TILE_UNITS, ReviewJob
+from unirs_engine.errors import UnirsError
+from unirs_engine.review.job import JOB_DEFAULTS, TILE_UNITS
 from unirs_engine.review.schema import ARCHIVE_SUMMARY, LAYER
 from unirs_qgis.algorithms.base import UniRSAlgorithm
 from unirs_qgis.algorithms.review_changes import (DEFAULT_MAX_TILES, applied_threshold, default_output_folder,
@@ -34,7 +35,7 @@ from unirs_qgis.review_style import ReviewLayerStyler, save_review_style, style_
 COUNTS = ("total_tiles", "done_tiles", "changed")
 MANIFEST_SUFFIXES = (".csv", ".json")
 DEFAULT_FOLDER_NAME = "review_archive"   # becomes review_<manifest name> once the manifest is known
-DEFAULT_TILE_SIZE = ReviewJob.__dataclass_fields__["tile_size"].default
+DEFAULT_TILE_SIZE = JOB_DEFAULTS["tile_size"]
 
 # Post-processors must outlive processAlgorithm (QGIS holds them without a Python reference).
 _stylers: dict[str, ReviewLayerStyler] = {}
@@ -119,13 +120,13 @@ class ReviewArchiveAlgorithm(UniRSAlgorithm):
         self.addParameter(tile_size)
         self.addParameter(QgsProcessingParameterEnum(
             "TILE_UNITS", self.tr("Tile size units"), ["pixels", "map units"],
-            defaultValue=TILE_UNITS.index(ReviewJob.__dataclass_fields__["tile_units"].default)))
+            defaultValue=TILE_UNITS.index(JOB_DEFAULTS["tile_units"])))
         self.addParameter(QgsProcessingParameterNumber(
             "THRESHOLD", self.tr("Change score threshold (empty: the model's)"),
             QgsProcessingParameterNumber.Double, None, optional=True, minValue=0, maxValue=2))
         self.addParameter(QgsProcessingParameterBoolean(
             "CAPTION_ALL", self.tr("Caption every tile"),
-            defaultValue=ReviewJob.__dataclass_fields__["caption_all"].default))
+            defaultValue=JOB_DEFAULTS["caption_all"]))
         self.addParameter(QgsProcessingParameterNumber(
             "MAX_TILES", self.tr("Refuse pairs with more tiles than"), QgsProcessingParameterNumber.Integer,
             DEFAULT_MAX_TILES, minValue=1))
@@ -186,7 +187,7 @@ class ReviewArchiveAlgorithm(UniRSAlgorithm):
     # -- run --------------------------------------------------------------------------------------
 
     def process(self, parameters, context, feedback) -> dict:
-        from unirs_engine.worker.client import EngineClientError, RequestCancelled
+        from unirs_engine.worker.client import RequestCancelled
 
         params = self.params(parameters, context, feedback)
         feedback.pushInfo(f"Reviewing the pairs of {params['manifest']} into {params['out_dir']}"
@@ -210,7 +211,7 @@ class ReviewArchiveAlgorithm(UniRSAlgorithm):
             summary = read_summary(os.path.join(params["out_dir"], ARCHIVE_SUMMARY), since=started)
             if summary is None:
                 raise QgsProcessingException("Cancelled before the first pair: no output was written") from e
-        except (EngineClientError, RuntimeError, ValueError, OSError) as e:
+        except UnirsError as e:   # the input's or the setup's fault; anything else is a bug: its traceback shows
             raise QgsProcessingException(f"UniRS engine: {e}") from e
 
         pairs = summary["pairs"]

@@ -20,7 +20,8 @@ from qgis.core import (QgsProcessing, QgsProcessingException, QgsProcessingOutpu
                        QgsVectorLayer)
 from qgis.PyQt.QtCore import Qt
 
-from unirs_engine.review.job import DEFAULT_THRESHOLD, TILE_UNITS, ReviewJob
+from unirs_engine.errors import UnirsError
+from unirs_engine.review.job import DEFAULT_THRESHOLD, JOB_DEFAULTS, TILE_UNITS
 from unirs_engine.review.schema import LAYER, RUNS, SCORE_MEANINGS, SCORES
 from unirs_engine.runtime.paths import unirs_home
 from unirs_qgis.algorithms.base import UniRSAlgorithm, crs_for_engine
@@ -29,7 +30,7 @@ from unirs_qgis.layer_source import is_file_backed
 from unirs_qgis.review_events import FINISHED, INTERRUPTED, review_events
 from unirs_qgis.review_style import ReviewLayerStyler, save_review_style, style_review_layer
 
-DEFAULT_MAX_TILES = ReviewJob.__dataclass_fields__["max_tiles"].default
+DEFAULT_MAX_TILES = JOB_DEFAULTS["max_tiles"]
 DEFAULT_OUTPUT_NAME = "review.gpkg"   # becomes review_<before>_<after>.gpkg once the inputs are known
 SCORE_CHOICES = (None, *SCORES)       # the SCORE parameter's options; None: the model's own
 
@@ -119,10 +120,10 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer("BEFORE", self.tr("Before (raster file)")))
         self.addParameter(QgsProcessingParameterRasterLayer("AFTER", self.tr("After (raster file)")))
         self.add_date_parameters()
-        tile_size = QgsProcessingParameterNumber("TILE_SIZE", self.tr("Tile size"),
-                                                 QgsProcessingParameterNumber.Double, 256, minValue=1)
+        tile_size = QgsProcessingParameterNumber("TILE_SIZE", self.tr("Tile size"), QgsProcessingParameterNumber.Double,
+                                                 JOB_DEFAULTS["tile_size"], minValue=1)
         overlap = QgsProcessingParameterNumber("OVERLAP", self.tr("Tile overlap (same units)"),
-                                               QgsProcessingParameterNumber.Double, 0, minValue=0)
+                                               QgsProcessingParameterNumber.Double, JOB_DEFAULTS["overlap"], minValue=0)
         for size in (tile_size, overlap):   # Double (map units may be fractions), shown as whole numbers
             size.setMetadata({"widget_wrapper": {"decimals": 0}})
         self.addParameter(tile_size)
@@ -208,7 +209,7 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
     # -- run --------------------------------------------------------------------------------------
 
     def process(self, parameters, context, feedback) -> dict:
-        from unirs_engine.worker.client import EngineClientError, RequestCancelled
+        from unirs_engine.worker.client import RequestCancelled
 
         job, before, after = self.job(parameters, context, feedback)
         out = job["out"]
@@ -224,7 +225,7 @@ class ReviewChangesAlgorithm(UniRSAlgorithm):
             summary = get_client().review(job, on_progress=on_progress, is_cancelled=feedback.isCanceled)
         except RequestCancelled:
             pass  # the engine committed every finished batch: report what the GeoPackage holds
-        except (EngineClientError, RuntimeError, ValueError, OSError) as e:
+        except UnirsError as e:   # the input's or the setup's fault; anything else is a bug: its traceback shows
             raise QgsProcessingException(f"UniRS engine: {e}") from e
 
         counts = review_counts(out)

@@ -1,4 +1,4 @@
-"""A table model over the answer records stored on a layer (annotations.answers_of), newest first."""
+"""A table model over the answer records stored on a layer (write_back.answers_of), newest first."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _tooltip(record: dict) -> str:
 
 
 class AnswerHistoryModel(QAbstractTableModel):
-    """Rows = answer records (dicts as written by annotations.record_answer), newest first."""
+    """Rows = answer records (dicts as written by write_back.record_answer), newest first."""
 
     def __init__(self, parent=None):
         super().__init__(parent)

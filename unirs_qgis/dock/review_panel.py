@@ -24,6 +24,7 @@ from qgis.PyQt.QtGui import QColor, QKeySequence
 from qgis.PyQt.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QHBoxLayout, QLabel, QListWidget,
                                  QListWidgetItem, QPushButton, QShortcut, QVBoxLayout, QWidget)
 
+from unirs_engine.errors import UnirsError
 from unirs_engine.review.calibrate import calibrate_from_review, keep_user_threshold
 from unirs_engine.review.job import ReviewError
 from unirs_engine.review.schema import (CAPTION_CHANGED, CHANGED, COSINE_SCORE, DISAGREE_FILTER, FIELDS, LAYER,
@@ -44,7 +45,7 @@ SHOWN = {"changed": ("Changed tiles (score ≥ threshold)", f'"{CHANGED}"'),
 KEYS = {"confirm": "Y", "reject": "N", "next": "J", "previous": "K", "flicker": "F"}
 
 
-class ReviewWriteError(RuntimeError):
+class ReviewWriteError(UnirsError, RuntimeError):
     """A verdict could not be written into the GeoPackage."""
 
 

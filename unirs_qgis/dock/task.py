@@ -2,7 +2,7 @@
 
 run() executes in a worker thread and touches no widget, layer tree or project state: it only reads
 the layers through layer_source (which clones the data provider) and blocks on the engine client.
-finished() runs on the main thread and writes the answer back with annotations.record_answer.
+finished() runs on the main thread and writes the answer back with write_back.record_answer.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from qgis.core import (Qgis, QgsCoordinateReferenceSystem, QgsMapSettings, QgsMe
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import QDate, pyqtSignal
 
-from unirs_engine.worker.client import EngineClientError
+from unirs_engine.errors import UnirsError
 
-from .. import annotations, engine_link
+from .. import engine_link, write_back
 from ..algorithms.base import bounds_of, crs_for_engine
-from ..layer_source import LayerReadError, raster_path_for_engine
+from ..layer_source import raster_path_for_engine
 from ..settings import PluginSettings
 
 DEFAULT_CHANGE_QUESTION = "Describe the change"
@@ -95,7 +95,7 @@ class EngineTask(QgsTask):
             if self.isCanceled():
                 return False
             self.error = str(exc) or type(exc).__name__
-            if isinstance(exc, (LayerReadError, EngineClientError)):  # a user-facing message: one line
+            if isinstance(exc, UnirsError):  # a user-facing message: one line
                 QgsMessageLog.logMessage(self.error, LOG_TAG, Qgis.Warning)
             else:  # a bug: its traceback is what a report needs
                 QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
@@ -153,7 +153,7 @@ class EngineTask(QgsTask):
             return
         project = QgsProject.instance()
         try:
-            self.record = annotations.record_answer(
+            self.record = write_back.record_answer(
                 project, self.job.layers, self.result, self.job.question,
                 answers_gpkg=self.job.settings.answers_path(project), view=self.job.view,
                 dates=self.job.dates)

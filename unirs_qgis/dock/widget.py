@@ -1,5 +1,5 @@
 """The UniRS dock: ask about a layer, describe the change between two dated layers, or classify a
-dated stack; answers run in a QgsTask and are written back into the project (annotations.py)."""
+dated stack; answers run in a QgsTask and are written back into the project (write_back.py)."""
 
 from __future__ import annotations
 

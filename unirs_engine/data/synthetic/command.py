@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
+
+from ...argtypes import CommandError
 
 
 def register(subparsers) -> None:
@@ -47,9 +48,8 @@ def run_synth(args: argparse.Namespace) -> int:
         manifest = write_benchmark(args.out, seed=args.seed, n_images=args.images, n_pairs=args.pairs,
                                    n_videos=args.videos, size=args.size, splits=tuple(args.splits),
                                    progress=not args.quiet, overwrite=args.overwrite)
-    except (ValueError, FileExistsError) as exc:
-        print(f"unirs synth: error: {exc}", file=sys.stderr)
-        return 2
+    except (ValueError, FileExistsError) as exc:   # the writer's refusals of sizes and folders
+        raise CommandError(str(exc)) from None
     seconds = time.perf_counter() - t0
     c = manifest["counts"]
     n_samples = sum(c["rsvqa"]["questions"].values()) + sum(c["levircc"]["pairs"].values()) \
@@ -70,8 +70,7 @@ def run_synth_mosaic(args: argparse.Namespace) -> int:
                                           change_fraction=args.change_fraction, after_crs=args.after_crs,
                                           after_res_factor=args.after_res_factor, nodata_hole=args.nodata_hole)
     except ValueError as exc:
-        print(f"unirs synth-mosaic: error: {exc}", file=sys.stderr)
-        return 2
+        raise CommandError(str(exc)) from None
     print(f"wrote {before} and {after} in {time.perf_counter() - t0:.1f} s; changed tiles in "
           f"{before.parent / GROUND_TRUTH}")
     return 0

@@ -5,6 +5,8 @@ out/levircc  LevirCCcaptions.json + images/{split}/{A,B}/{split}_NNNNNN.tif
 out/era      <class folder>/<name>.mp4 + split.json; a quarter of the videos (static camera) also
              as a dated GeoTIFF stack in stacks/<name>/frame_NN.tif
 out/manifest.json  seed, options, counts, version
+out/landcover.json the land-cover classes of the per-picture fractions written beside the RSVQA
+             images and both dates of the pairs (<image folder>/landcover/<stem>.npy, landcover.py)
 
 Every item draws from its own generator seeded by (seed, stream, index), so a seed gives the same
 benchmark byte for byte in its JSON files. The benchmark is built in a temporary sibling folder
@@ -29,9 +31,10 @@ from ..era import SPLIT_FILE, class_folder
 from ..levircc import CAPTIONS_FILE
 from .captions import change_captions
 from .events import NO_CHANGE, make_pair, random_event
+from .landcover import CLASSES, FOLDER, SCALE, write_landcover
 from .questions import scene_questions
 from .render import finish, random_georef, render, write_geotiff
-from .scene import make_scene
+from .scene import GRID, make_scene
 from .video import FPS, N_FRAMES, VIDEO_CLASSES, video_frames, write_mp4
 
 VERSION = 1
@@ -66,6 +69,8 @@ def write_benchmark(out_dir: str | Path, *, seed: int, n_images: int, n_pairs: i
             "counts": counts,
         }
         _write_json(tmp / "manifest.json", manifest, indent=2)
+        _write_json(tmp / "landcover.json", {"classes": list(CLASSES), "grid": GRID, "scale": SCALE,
+                                             "files": f"<image folder>/{FOLDER}/<image stem>.npy"}, indent=2)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -131,7 +136,8 @@ def _write_rsvqa(root: Path, seed: int, n: int, size: int, fractions, bar) -> di
         rng = _rng(seed, _IMAGES, i)
         scene = make_scene(rng, layouts[i])
         crs, transform = random_georef(rng, size)
-        write_geotiff(root / "Images_LR" / f"{i}.tif", finish(render(scene, size), rng), crs, transform)
+        image = write_geotiff(root / "Images_LR" / f"{i}.tif", finish(render(scene, size), rng), crs, transform)
+        write_landcover(image, scene, size)   # no random draws: the rest of the benchmark is unchanged
         part, ids = files[split_of[i]], []
         for qtype, question, answer in scene_questions(scene, rng):
             part["questions"].append({"id": qid, "img_id": i, "type": qtype, "question": question,
@@ -167,7 +173,8 @@ def _write_levircc(root: Path, seed: int, n: int, size: int, fractions, bar) -> 
         index_in_split[split] += 1
         crs, transform = random_georef(rng, size)
         for side, scene in (("A", before), ("B", change.after)):
-            write_geotiff(root / "images" / split / side / name, finish(render(scene, size), rng), crs, transform)
+            image = write_geotiff(root / "images" / split / side / name, finish(render(scene, size), rng), crs, transform)
+            write_landcover(image, scene, size)
         captions = change_captions(change, rng)
         records.append({
             "filename": name, "filepath": split, "split": split, "changeflag": int(changed[i]),

@@ -1,4 +1,4 @@
-"""annotations.record_answer writes notes, GeoPackage features, metadata and custom properties that
+"""write_back.record_answer writes notes, GeoPackage features, metadata and custom properties that
 survive QgsProject.write -> clear -> read; the notes never overlap, checked on rendered images (real
 QGIS 3.22, real GeoTIFFs written with rasterio)."""
 
@@ -17,7 +17,7 @@ from qgis.PyQt.QtGui import QColor, QImage
 
 from unirs_engine.testing.rasters import UTM33, grid, pattern, write_raster
 from unirs_engine.types import GeoRef, Result
-from unirs_qgis import annotations, answers_store
+from unirs_qgis import answers_store, write_back
 from unirs_qgis import notes as map_notes
 from unirs_qgis.answers import open_table
 
@@ -116,7 +116,7 @@ def test_ask_answer_survives_project_reload(project_dir, ogr_messages):
     gpkg = str(project_dir / "answers.gpkg")
     result = _result("ask", "There are 3 buildings.", raster.source(), bounds)
 
-    record = annotations.record_answer(project, [raster], result, "How many buildings?",
+    record = write_back.record_answer(project, [raster], result, "How many buildings?",
                                        answers_gpkg=gpkg)
 
     assert record["note"]["item"] and record["gpkg"]["fid"] >= 1
@@ -135,7 +135,7 @@ def test_ask_answer_survives_project_reload(project_dir, ogr_messages):
     assert item.useSymbologyReferenceScale() and item.symbologyReferenceScale() > 0
 
     raster = _layer_named(project, "scene_2021-06-30")
-    (stored,) = annotations.answers_of(raster)
+    (stored,) = write_back.answers_of(raster)
     assert stored == record
     (line,) = raster.metadata().history()
     assert "How many buildings? -> There are 3 buildings." in line and "unirs-tiny" in line
@@ -163,9 +163,9 @@ def test_answers_about_one_area_stack_in_one_note(project_dir):
     project = QgsProject.instance()
     raster = _raster(project_dir / "a.tif")
     gpkg = str(project_dir / "answers.gpkg")
-    first = annotations.record_answer(project, [raster], _result("ask", "Yes", raster.source(), LAYER_BOUNDS),
+    first = write_back.record_answer(project, [raster], _result("ask", "Yes", raster.source(), LAYER_BOUNDS),
                                       "Is there a road?", answers_gpkg=gpkg)
-    second = annotations.record_answer(project, [raster], _result("ask", "No", raster.source(), LAYER_BOUNDS),
+    second = write_back.record_answer(project, [raster], _result("ask", "No", raster.source(), LAYER_BOUNDS),
                                        "Is there a lake?", answers_gpkg=gpkg)
 
     assert len(project.mapLayersByName(map_notes.NOTES_LAYER_NAME)) == 1
@@ -174,14 +174,14 @@ def test_answers_about_one_area_stack_in_one_note(project_dir):
     notes = _layer_named(project, map_notes.NOTES_LAYER_NAME)
     (item,) = notes.items().values()
     assert item.text() == "Is there a road?\n→ Yes\nIs there a lake?\n→ No"
-    assert [r["question"] for r in annotations.answers_of(raster)] == ["Is there a road?",
+    assert [r["question"] for r in write_back.answers_of(raster)] == ["Is there a road?",
                                                                       "Is there a lake?"]
     table = _layer_named(project, "UniRS answers (ask)")
     assert table.featureCount() == 2       # the project layer sees the second write
     assert len(raster.metadata().history()) == 2
 
     for i in range(map_notes.NOTE_ENTRIES):   # older entries give way to newer ones
-        annotations.record_answer(project, [raster], _result("ask", f"A{i}", raster.source(), LAYER_BOUNDS),
+        write_back.record_answer(project, [raster], _result("ask", f"A{i}", raster.source(), LAYER_BOUNDS),
                                   f"Q{i}?", answers_gpkg=gpkg)
     (item,) = notes.items().values()
     assert item.text().startswith("(+2 earlier: see the UniRS History)\nQ0?\n→ A0\n")
@@ -198,12 +198,12 @@ def test_notes_of_nested_areas_never_overlap_at_any_zoom(project_dir):
     top_left = (500_000.0, 4_499_840.0, 500_160.0, 4_500_000.0)
     square = (500_010.0, 4_499_700.0, 500_200.0, 4_499_842.0)
     long_caption = "Many new buildings have been built along the road and the field is gone. " * 2
-    annotations.record_answer(project, [before, after], _result("change", long_caption, before.source(),
+    write_back.record_answer(project, [before, after], _result("change", long_caption, before.source(),
                                                                 LAYER_BOUNDS, changed=True),
                               "Describe the change", answers_gpkg=gpkg, view=_view(QgsRectangle(*LAYER_BOUNDS)))
     for bounds, question in ((lower_half, "How many buildings are there?"), (top_left, "Is there a lake?"),
                              (square, "Is there a road?")):
-        annotations.record_answer(project, [after], _result("ask", "There are 12 buildings.", after.source(),
+        write_back.record_answer(project, [after], _result("ask", "There are 12 buildings.", after.source(),
                                                              bounds),
                                   question, answers_gpkg=gpkg, view=_view(QgsRectangle(*LAYER_BOUNDS)))
 
@@ -223,7 +223,7 @@ def test_whole_layer_note_lands_in_the_visible_part(project_dir):
     project = QgsProject.instance()
     frames = [_raster(project_dir / f"fire_2022-07-0{day}.tif", seed=day) for day in (1, 2)]
     visible = QgsRectangle(500_200.0, 4_499_700.0, 500_300.0, 4_499_800.0)   # a corner of the layer
-    record = annotations.record_answer(
+    record = write_back.record_answer(
         project, frames, _result("classify", "wildfire", frames[0].source(), LAYER_BOUNDS, label="wildfire"),
         "What event does this sequence show?", answers_gpkg=str(project_dir / "answers.gpkg"),
         view=_view(visible))
@@ -240,12 +240,12 @@ def test_change_answer_goes_to_both_layers_with_the_given_dates(project_dir):
     result = _result("change", "Many buildings have been built.", before.source(), LAYER_BOUNDS,
                      changed=True, change_score=0.8)
 
-    record = annotations.record_answer(project, [before, after], result, "Describe the change",
+    record = write_back.record_answer(project, [before, after], result, "Describe the change",
                                        answers_gpkg=gpkg, dates=[QDate(2019, 5, 1), QDate(2021, 5, 1)])
     project = _reload(project_dir / "p.qgz")
 
     for name in ("site_before", "site_20210501"):
-        (stored,) = annotations.answers_of(_layer_named(project, name))
+        (stored,) = write_back.answers_of(_layer_named(project, name))
         assert stored["id"] == record["id"] and stored["extra"]["changed"] is True
         assert stored["dates"] == ["2019-05-01", "2021-05-01"]
     (feature,) = list(_layer_named(project, "UniRS answers (change)").getFeatures())
@@ -261,7 +261,7 @@ def test_note_is_placed_in_the_existing_notes_layer_crs(project_dir):
     wgs84 = QgsCoordinateReferenceSystem("EPSG:4326")
     notes = map_notes.notes_layer(project, wgs84)
     raster = _raster(project_dir / "a.tif")
-    record = annotations.record_answer(project, [raster], _result("ask", "Yes", raster.source(), LAYER_BOUNDS),
+    record = write_back.record_answer(project, [raster], _result("ask", "Yes", raster.source(), LAYER_BOUNDS),
                                        "Any road?", answers_gpkg=str(project_dir / "answers.gpkg"))
 
     point = notes.items()[record["note"]["item"]].point()
@@ -275,17 +275,17 @@ def test_malformed_history_property_is_a_clear_error(project_dir):
     raster = _raster(project_dir / "a.tif")
     raster.setCustomProperty(answers_store.ANSWERS_PROPERTY, json.dumps({"not": "a list"}))
     with pytest.raises(ValueError, match="layer 'a'.*unirs/answers is not a list"):
-        annotations.answers_of(raster)
+        write_back.answers_of(raster)
     raster.setCustomProperty(answers_store.ANSWERS_PROPERTY, "{oops")
     with pytest.raises(ValueError, match="is not JSON"):
-        annotations.answers_of(raster)
+        write_back.answers_of(raster)
 
 
 def test_gpkg_table_is_queryable_outside_the_project(project_dir):
     project = QgsProject.instance()
     raster = _raster(project_dir / "a.tif")
     gpkg = str(project_dir / "answers.gpkg")
-    annotations.record_answer(project, [raster], _result("ask", "Yes", raster.source(), LAYER_BOUNDS),
+    write_back.record_answer(project, [raster], _result("ask", "Yes", raster.source(), LAYER_BOUNDS),
                               "Any road?", answers_gpkg=gpkg)
     table = open_table(gpkg, "ask")
     assert table.isValid() and table.crs().authid() == "EPSG:32633"

@@ -1,4 +1,5 @@
-"""Dataset errors that name the file and the record, and the one place that raises or skips them."""
+"""Reading dataset record files: errors that name the file and the record, the one place that raises or
+skips them (on_error), and the JSON and file checks every reader uses."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..errors import UnirsError
+
 ON_ERROR = ("raise", "skip")
 
 
-class DataError(ValueError):
+class DataError(UnirsError, ValueError):
     """A dataset file or record that cannot be read; the message names the file and the record."""
 
     def __init__(self, file: str | Path, problem: str, record: Any = None):
