@@ -48,8 +48,8 @@ class PairReport:
     skipped_nodata: int = 0
     skipped_outside: int = 0
     seconds: float = 0.0           # this run's wall time between the pair's first unit and its last commit
-    read_s: float = 0.0            # this run's time reading windows and reviewing them, summed over workers
-    model_s: float = 0.0
+    read_s: float = 0.0            # this run's time reading windows, summed over workers
+    model_s: float = 0.0           #   and scoring and captioning them
     error: str | None = None
 
 

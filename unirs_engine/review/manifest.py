@@ -9,6 +9,7 @@ optional `name` (the pair's GeoPackage is <out>/<name>.gpkg; default <before>_<a
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -68,7 +69,7 @@ def _json_rows(path: Path, text: str) -> list[tuple[str, dict]]:
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[str, dict]]:
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))   # a quoted cell may hold a line break
     missing = [key for key in ("before", "after") if key not in (reader.fieldnames or [])]
     if missing:
         raise ReviewError(f"{path}: the CSV header must name the columns before and after "
