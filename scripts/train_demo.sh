@@ -20,17 +20,23 @@ LAUNCH=${LAUNCH:-"$PYTHON -m"}
 case "$SIZE" in
   full)
     RUN=${RUN:-runs/demo$SUFFIX}
-    SYNTH=(--images 2000 --pairs 1500 --videos 600 --size 256)
+    MODEL_ID=unirs-demo$SUFFIX
+    # 20 % test: the shipped report scores about 2,000 questions, 300 pairs and 150 sequences.
+    SYNTH=(--images 2000 --pairs 1500 --videos 750 --size 256 --splits 0.72 0.08 0.2)
     LIMITS=()
     ;;
   smoke)
     RUN=${RUN:-runs/demo-smoke$SUFFIX}
+    MODEL_ID=unirs-demo-smoke$SUFFIX
     SYNTH=(--images 20 --pairs 20 --videos 10 --size 64)
     LIMITS=(--set max_steps=3 --set batch_size=2 --set save_every=2 --set log_every=1)
     ;;
   *) echo "usage: $0 [full|smoke]" >&2; exit 2 ;;
 esac
 DATA="$RUN/data"
+SEED=0
+COMMIT=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+DIRTY=$(git status --porcelain --untracked-files=no 2>/dev/null | wc -l)  # changed tracked files at launch
 unirs() { $PYTHON -m unirs_engine.cli "$@"; }
 train() { $LAUNCH unirs_engine.cli train "$@"; }
 
@@ -49,13 +55,19 @@ stage() {  # stage NAME CONFIG OUT [--set ...]: skipped when OUT/checkpoint exis
     return
   fi
   echo "== $name"
+  local started=$SECONDS before
+  before=$(cat "$out/seconds" 2>/dev/null || echo 0)  # a resumed stage adds to its earlier runs
   # shellcheck disable=SC2046
-  train "$name" --config "$config" --set "out=$out" "$@" "${LIMITS[@]}" $(resume_args "$out")
+  train "$name" --config "$config" --set "out=$out" --set "seed=$SEED" "$@" "${LIMITS[@]}" \
+    $(resume_args "$out")
+  echo $((before + SECONDS - started)) > "$out/seconds"
 }
 
 if [[ ! -f "$DATA/manifest.json" ]]; then
   echo "== synthetic benchmark -> $DATA"
-  unirs synth --out "$DATA" --seed 0 "${SYNTH[@]}"
+  started=$SECONDS
+  unirs synth --out "$DATA" --seed "$SEED" "${SYNTH[@]}"
+  echo $((SECONDS - started)) > "$DATA/seconds"
 fi
 
 ALIGN_VISION=()
@@ -77,6 +89,10 @@ stage change-score configs/demo-change-score.json "$RUN/change-score" \
   --set "model=$RUN/instruct/checkpoint" --set "data.root=$DATA/levircc"
 FINAL="$RUN/change-score/checkpoint"
 
+echo "== provenance"  # the model id answers and features carry, then commit, seed, data sizes, stage times
+$PYTHON scripts/record_provenance.py "$FINAL" --run "$RUN" --model-id "$MODEL_ID" \
+  --commit "$COMMIT" --dirty "$DIRTY" --seed "$SEED" --synth "${SYNTH[*]}"
+
 echo "== change-score threshold (stored with the head; reviews use it by default; the stage wrote the same)"
 unirs calibrate-threshold --model "$FINAL" --data "$DATA/levircc" --split val
 
@@ -88,14 +104,6 @@ if [[ "$SIZE" == full && "$VISION" == 1 ]]; then
   rm -rf models/.demo.tmp
   mkdir -p models
   cp -r "$FINAL" models/.demo.tmp
-  # Its model id (answers, GeoPackage features, the dock's engine line), rather than "checkpoint".
-  $PYTHON - <<'PY'
-import json, pathlib
-path = pathlib.Path("models/.demo.tmp/config.json")
-config = json.loads(path.read_text())
-config["_name_or_path"] = "unirs-demo"
-path.write_text(json.dumps(config, indent=2))
-PY
   mkdir -p models/.demo.tmp/eval
   cp "$RUN/eval/report.md" "$RUN/eval/report.json" models/.demo.tmp/eval/
   rm -rf models/demo
