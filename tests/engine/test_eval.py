@@ -290,7 +290,9 @@ def test_report_prints_scores_as_the_paper_does(tmp_path):
     results = {
         "model_id": "unirs-3b",
         "rsvqa": {"overall": 0.92214, "per_type": {"rural_urban": 0.9, "presence": 0.91644, "comp": 0.92676},
-                  "per_type_n": {"rural_urban": 100, "presence": 2955, "comp": 4007}, "n": 7062},
+                  "per_type_n": {"rural_urban": 100, "presence": 2955, "comp": 4007}, "n": 7062,
+                  "out_of_space": {"rural_urban": 0, "presence": 2, "comp": 0}, "out_of_space_n": 2,
+                  "out_of_space_examples": [["q7", "no change"], ["q9", "3"]]},
         "levir-cc": {"all": caps(1.39124, 1929), "changed": caps(0.9, 964), "unchanged": caps(2.5, 965),
                      "change_decision": {"accuracy": 0.975, "n": 1929, "predicted_changed": 950,
                                          "true_changed": 964}},
@@ -303,6 +305,7 @@ def test_report_prints_scores_as_the_paper_does(tmp_path):
     assert "| Model | Presence | Comparison | Rural/Urban | Avg. Accuracy |" in md    # Table III order
     assert "| unirs-3b | 91.64 | 92.68 | 90.00 | 92.21 |" in md
     assert "| questions | 2955 | 4007 | 100 | 7062 |" in md
+    assert "| answers | 2 | 0 | 0 | 2 |" in md and "- q7: 'no change'" in md   # out of the answer space
     assert "| all | 1929 | 90.00 | 80.00 | 70.00 | 65.00 | – | 75.00 | 139.12 |" in md
     assert "| unirs-3b (precision) | 89.8 | 100.0 | 87.8 |" in md              # never-seen "party" left out
     assert "97.50 % of 1929 pairs" in md and "METEOR not computed" in md

@@ -184,6 +184,21 @@ def test_vqa_accuracy_per_type_and_question_weighted_average():
         vqa_accuracy({8: "yes"}, answers, types)
 
 
+def test_vqa_answers_outside_their_types_answer_space_are_counted():
+    preds = {1: "No change.", 2: "Yes", 3: "12", 4: "twelve", 5: "Urban", 6: "yes",
+             7: "between 10m2 and 100m2", 8: "0m2"}
+    answers = {1: "yes", 2: "no", 3: "3", 4: "3", 5: "rural", 6: "rural",
+               7: "between 10m2 and 100m2", 8: "more than 1000m2"}
+    types = {1: "presence", 2: "comp", 3: "count", 4: "count", 5: "rural_urban", 6: "rural_urban",
+             7: "area", 8: "area"}
+    out = vqa_accuracy(preds, answers, types)
+    # "0m2" is no reference of this set's area questions: a type without a rule takes its references.
+    assert out["out_of_space"] == {"area": 1, "comp": 0, "count": 1, "presence": 1, "rural_urban": 1}
+    assert out["out_of_space_n"] == 4
+    assert out["out_of_space_examples"] == [[1, "No change."], [4, "twelve"], [6, "yes"], [8, "0m2"]]
+    assert out["per_type"]["area"] == 0.5 and out["per_type"]["presence"] == 0
+
+
 def test_classification_report_by_hand():
     classes = ("flood", "fire", "harvesting", "concert")
     true = {"v1": "flood", "v2": "flood", "v3": "flood", "v4": "fire", "v5": "fire", "v6": "harvesting"}

@@ -7,6 +7,17 @@ from collections import Counter
 from typing import Hashable, Mapping, Sequence
 
 UNMATCHED = "(unmatched)"  # confusion column of answers that name no class
+OUT_OF_SPACE_LISTED = 5     # answers outside their question type's space kept as examples
+
+# What an answer to each RSVQA question type may be (normalised). A type without a rule here (HR's
+# "area") takes its references' answers as its space. Anything else, a change caption given to a
+# single-image question say, is out of the type's answer space.
+ANSWER_SPACES = {
+    "presence": {"yes", "no"}.__contains__,
+    "comp": {"yes", "no"}.__contains__,
+    "rural_urban": {"rural", "urban"}.__contains__,
+    "count": str.isdigit,
+}
 
 
 def normalise_answer(text: str) -> str:
@@ -16,7 +27,8 @@ def normalise_answer(text: str) -> str:
 
 def vqa_accuracy(preds: Mapping[Hashable, str], answers: Mapping[Hashable, str],
                  types: Mapping[Hashable, str]) -> dict:
-    """Exact-match accuracy overall and per question type.
+    """Exact-match accuracy overall and per question type, and the answers outside their type's
+    answer space (ANSWER_SPACES): how many per type, and the first few as (id, answer).
 
     "overall" weighs every question equally, as GeoChat's and UniRS' "Avg. Accuracy" columns do
     (UniRS LR: 91.64 / 92.68 / 90.00 per type -> 92.21 average).
@@ -24,17 +36,30 @@ def vqa_accuracy(preds: Mapping[Hashable, str], answers: Mapping[Hashable, str],
     missing = [i for i in preds if i not in answers or i not in types]
     if missing:
         raise ValueError(f"no answer or question type for prediction id(s) {missing[:5]}")
+    references: dict[str, set[str]] = {}
+    for i, answer in answers.items():
+        references.setdefault(types.get(i), set()).add(normalise_answer(answer))
     right: Counter = Counter()
     total: Counter = Counter()
+    outside: Counter = Counter()
+    examples = []
     for i, pred in preds.items():
-        total[types[i]] += 1
-        right[types[i]] += normalise_answer(pred) == normalise_answer(answers[i])
+        qtype, said = types[i], normalise_answer(pred)
+        total[qtype] += 1
+        right[qtype] += said == normalise_answer(answers[i])
+        if not ANSWER_SPACES.get(qtype, references[qtype].__contains__)(said):
+            outside[qtype] += 1
+            if len(examples) < OUT_OF_SPACE_LISTED:
+                examples.append([i, pred])
     n = sum(total.values())
     return {
         "overall": sum(right.values()) / n if n else None,
         "per_type": {t: right[t] / total[t] for t in sorted(total)},
         "per_type_n": {t: total[t] for t in sorted(total)},
         "n": n,
+        "out_of_space": {t: outside[t] for t in sorted(total)},
+        "out_of_space_n": sum(outside.values()),
+        "out_of_space_examples": examples,
     }
 
 

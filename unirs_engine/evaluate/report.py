@@ -30,9 +30,16 @@ def _vqa_section(r: dict, model: str) -> list[str]:
     header = ["Model", *(VQA_COLUMNS.get(t, t) for t in types), "Avg. Accuracy"]
     rows = [[model, *(_pct(r["per_type"][t]) for t in types), _pct(r["overall"])],
             ["questions", *(str(r["per_type_n"][t]) for t in types), str(r["n"])]]
-    return ["## RSVQA (accuracy %, GeoChat protocol)", "",
-            "Exact match after lowercasing and removing spaces and \".\"; the average weighs every "
-            "question equally.", "", *_table(header, rows)]
+    lines = ["## RSVQA (accuracy %, GeoChat protocol)", "",
+             "Exact match after lowercasing and removing spaces and \".\"; the average weighs every "
+             "question equally.", "", *_table(header, rows)]
+    if "out_of_space" in r:  # reports written before the count have none
+        rows = [["answers", *(str(r["out_of_space"][t]) for t in types), str(r["out_of_space_n"])]]
+        lines += ["", "Answers outside their question type's answer space (yes/no, rural/urban, a "
+                  "number; a change caption, say), counted wrong above:", "",
+                  *_table(["Outside", *(VQA_COLUMNS.get(t, t) for t in types), "All"], rows)]
+        lines += [f"- {i}: {answer!r}" for i, answer in r["out_of_space_examples"]]
+    return lines
 
 
 def _caption_section(r: dict) -> list[str]:
