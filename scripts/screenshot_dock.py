@@ -23,7 +23,7 @@ INSIDE = "UNIRS_SCREENSHOT_WORKDIR"   # set for the copy of this file QGIS runs
 # QGIS runs --code files without __file__: the driver passes the repository along
 REPO = Path(os.environ.get("UNIRS_SCREENSHOT_REPO") or Path(__file__).resolve().parents[1])
 PLUGIN_NAME = "unirs"
-QUESTIONS = ("How many buildings are there?", "Is there a road?")
+QUESTIONS = ("Is there a water area?", "Is it a rural or an urban area?")
 SCENE_PIXELS, PIXEL_M = 512, 1.0
 WINDOW = (1500, 940)
 TIMEOUT_S = 600

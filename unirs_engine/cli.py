@@ -85,9 +85,11 @@ def _run_requests(args, requests) -> int:
 
 
 def _cmd_ask(args) -> int:
+    from . import prompts
     from .engine import Request
 
-    reqs = [Request(InputKind.IMAGE, [img], args.question, clue=args.clue, bounds=args.bounds,
+    instruction = prompts.question_instruction(args.question, args.short_answer)
+    reqs = [Request(InputKind.IMAGE, [img], instruction, clue=args.clue, bounds=args.bounds,
                     bounds_crs=args.bounds_crs, bands=args.bands) for img in args.images]
     return _run_requests(args, reqs)
 
@@ -278,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", parents=[model, read], help="ask a question about raster(s)")
     p.add_argument("images", nargs="+", help="raster files (GeoTIFF, COG, VRT, ...)")
     p.add_argument("-q", "--question", required=True)
+    p.add_argument("--long-answer", dest="short_answer", action="store_false",
+                   help="ask without the short-answer suffix (default: answer in a word or phrase)")
     p.set_defaults(func=_cmd_ask)
 
     p = sub.add_parser("change", parents=[model, read], help="describe change between two dates")

@@ -294,10 +294,10 @@ class Engine:
         }
 
     def ask(self, image, question: str, *, bounds=None, bounds_crs=None, bands=None,
-            clue: bool = False, max_new_tokens: int | None = None,
+            clue: bool = False, short_answer: bool = True, max_new_tokens: int | None = None,
             is_cancelled: Callable[[], bool] | None = None) -> Result:
-        req = Request(InputKind.IMAGE, [image], question, clue=clue, bounds=bounds,
-                      bounds_crs=bounds_crs, bands=bands)
+        req = Request(InputKind.IMAGE, [image], prompts.question_instruction(question, short_answer),
+                      clue=clue, bounds=bounds, bounds_crs=bounds_crs, bands=bands)
         return self.run_batch([req], max_new_tokens=max_new_tokens, is_cancelled=is_cancelled)[0]
 
     def describe_change(self, before, after, instruction: str | None = None, *, bounds=None,

@@ -35,6 +35,16 @@ CHANGE_DESCRIBE_INSTRUCTION = (
 # GeoChat / RSVQA protocol suffix for short answers.
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 
+
+def question_instruction(question: str, short_answer: bool = True) -> str:
+    """A question about one image as the model reads it. A short answer adds the GeoChat/RSVQA suffix
+    (once), as the VQA training data and benchmarks do: a model trained on short answers, like the
+    demo model, may otherwise answer in another task's words ("no change" to "Is it rural or urban?")."""
+    question = question.strip()
+    if not short_answer or question.endswith(SHORT_ANSWER_SUFFIX):
+        return question
+    return f"{question}\n{SHORT_ANSWER_SUFFIX}"
+
 # Table II: fixed prompts with which the frozen base VLM writes the clue.
 CLUE_PROMPTS = {
     InputKind.IMAGE: "Describe this remote sensing image in detail.",

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from unirs_engine import prompts
 from unirs_engine.testing.rasters import UTM33, ORIGIN, RES, pattern, write_pair, write_raster, write_video
 from unirs_engine.worker import protocol
 from unirs_engine.runtime.environment import clean_env
@@ -259,6 +260,16 @@ def test_worker_answers_ask_change_and_classify(worker_client, inputs):
     video = worker_client.classify_sequence(inputs["video"])
     assert len(video["extra"]["frames"]) == 8 and video["extra"]["frames"][0].startswith(inputs["video"])
     assert len(video["extra"]["classes"]) == 25 and video["prompt"].count("<image>") == 8
+
+
+def test_ask_asks_for_a_short_answer_unless_told_otherwise(worker_client, inprocess_client, inputs):
+    for client in (worker_client, inprocess_client):
+        short = client.ask(inputs["image"], "Is there a road?")
+        assert short["prompt"].count(prompts.SHORT_ANSWER_SUFFIX) == 1
+        free = client.ask(inputs["image"], "Is there a road?", short_answer=False)
+        assert "Is there a road?" in free["prompt"] and prompts.SHORT_ANSWER_SUFFIX not in free["prompt"]
+        with pytest.raises(EngineClientError, match=r"short_answer.*true or false"):
+            client.run("ask", {"image": inputs["image"], "question": "Road?", "short_answer": "no"})
 
 
 def test_subprocess_and_inprocess_give_the_same_answers(worker_client, inprocess_client, inputs):

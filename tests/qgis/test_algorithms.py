@@ -79,6 +79,16 @@ def test_ask_whole_layer_output_defaults_to_geopackage(run, data, tmp_path):
     assert box(feature) == pytest.approx(SCENE_BOUNDS)
 
 
+def test_ask_short_answer_is_a_parameter_on_by_default(run, data, tmp_path, monkeypatch):
+    client, sent = get_client(), []
+    real_ask = client.ask
+    monkeypatch.setattr(client, "ask", lambda *a, **kw: sent.append(kw["short_answer"]) or real_ask(*a, **kw))
+    for extra in ({}, {"SHORT_ANSWER": False}):
+        run("unirs:ask", {"INPUT": str(data["scene"]), "QUESTION": "Is there a road?",
+                          "OUTPUT": str(tmp_path / f"ask{len(sent)}.gpkg"), **extra})
+    assert sent == [True, False]
+
+
 def test_ask_rejects_bad_bands_and_empty_question_before_running(run, data, tmp_path):
     out = tmp_path / "never.gpkg"
     with pytest.raises(QgsProcessingException,

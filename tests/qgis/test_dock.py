@@ -521,3 +521,27 @@ def test_clue_box_needs_a_clue_model_then_asks_for_a_clue(dock, qgis_iface, tmp_
         engine_link.shutdown_client()        # the next test gets a worker without the clue model
     dock.refresh_clue()
     assert not dock.clue_check.isEnabled() and not dock.clue_check.isChecked()
+
+
+def test_short_answer_is_on_and_unticking_it_sends_the_question_as_typed(dock, qgis_iface, tmp_path, monkeypatch):
+    layer = add_raster(tmp_path / "scene.tif")
+    dock.use_canvas_extent.setChecked(False)
+    dock.layer_combo.setLayer(layer)
+    client = engine_link.get_client()
+    results = []
+    real_ask = client.ask
+
+    def recording_ask(*args, **kwargs):   # the real request, its result kept
+        results.append(real_ask(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(client, "ask", recording_ask)
+    assert dock.short_answer_check.isChecked()
+    for short in (True, False):
+        dock.short_answer_check.setChecked(short)
+        dock.question_edit.setPlainText("Is there a road?")
+        dock.ask_button.click()
+        wait_idle(dock)
+    suffix = "Answer the question using a single word or phrase."
+    assert [suffix in r["prompt"] for r in results] == [True, False]
+    assert [r["question"] for r in write_back.answers_of(layer)] == ["Is there a road?"] * 2  # as typed

@@ -97,9 +97,10 @@ class EngineClient(ABC):
         return {**self.run("info", {}), "mode": self.mode}
 
     def ask(self, image: str, question: str, *, bounds=None, bounds_crs: str | None = None,
-            bands: Sequence[int] | None = None, clue: bool = False, on_progress: OnProgress | None = None,
-            is_cancelled: IsCancelled | None = None, timeout: float | None = None) -> dict:
-        params = {"image": os.fspath(image), "question": question, "clue": clue,
+            bands: Sequence[int] | None = None, clue: bool = False, short_answer: bool = True,
+            on_progress: OnProgress | None = None, is_cancelled: IsCancelled | None = None,
+            timeout: float | None = None) -> dict:
+        params = {"image": os.fspath(image), "question": question, "clue": clue, "short_answer": short_answer,
                   **_region(bounds, bounds_crs, bands)}
         return self.run("ask", params, on_progress=on_progress, is_cancelled=is_cancelled, timeout=timeout)
 

@@ -121,11 +121,11 @@ class ParamReader:
             raise self._bad(name, "a list of strings", value)
         return value
 
-    def flag(self, name: str) -> bool:
+    def flag(self, name: str, default: bool = False) -> bool:
         value = self._get(name, False)
         if value is not None and not isinstance(value, bool):
             raise self._bad(name, "true or false", value)
-        return bool(value)
+        return default if value is None else value
 
     def count(self, name: str) -> int | None:
         """A whole number >= 1 (or absent)."""
@@ -178,7 +178,8 @@ def _info(engine, params, progress, is_cancelled) -> dict:
 def _ask(engine, params, progress, is_cancelled) -> dict:
     p = ParamReader("ask", params)
     args = dict(image=p.path("image"), question=p.text("question", required=True), **p.region(),
-                clue=p.flag("clue"), max_new_tokens=p.count("max_new_tokens"))
+                clue=p.flag("clue"), short_answer=p.flag("short_answer", default=True),
+                max_new_tokens=p.count("max_new_tokens"))
     p.done()
     return engine.ask(**args, is_cancelled=is_cancelled).to_dict()
 

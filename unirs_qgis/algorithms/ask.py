@@ -54,6 +54,8 @@ class AskAlgorithm(UniRSAlgorithm):
                 "EXTENT": "the part of the layer to look at; empty: the whole layer",
                 "BANDS": "the bands shown to the model as red, green, blue (e.g. 4,3,2 for false colour, "
                          "or one band as grey); empty: the layer's colour bands",
+                "SHORT_ANSWER": "ask for a word or phrase (yes/no, a number, a class), as the VQA "
+                                "benchmarks and the demo model's training do; untick for a free answer",
                 "CLUE": "the base model first writes a clue that the UniRS model reads; needs a Clue model "
                         "directory in Raster ▸ UniRS ▸ Settings…",
                 "OUTPUT": "a GeoPackage (or any vector format) with one feature per answer"}
@@ -64,6 +66,8 @@ class AskAlgorithm(UniRSAlgorithm):
         self.addParameter(QgsProcessingParameterExtent("EXTENT", self.tr("Extent (default: whole layer)"),
                                                        optional=True))
         self.addParameter(QgsProcessingParameterString("BANDS", self.tr(BANDS_LABEL), optional=True))
+        self.addParameter(QgsProcessingParameterBoolean("SHORT_ANSWER", self.tr("Short answer (a word or "
+                                                                                "phrase)"), defaultValue=True))
         self.addParameter(QgsProcessingParameterBoolean("CLUE", self.tr("Ask the base model for a clue "
                                                                         "first"), defaultValue=False))
         self.addParameter(QgsProcessingParameterFeatureSink("OUTPUT", self.tr("Answers"),
@@ -76,13 +80,14 @@ class AskAlgorithm(UniRSAlgorithm):
             raise QgsProcessingException("Question is empty: type what you want to know about the layer")
         bands = parse_bands(self.parameterAsString(parameters, "BANDS", context), layer)
         clue = self.parameterAsBoolean(parameters, "CLUE", context)
+        short_answer = self.parameterAsBoolean(parameters, "SHORT_ANSWER", context)
         if clue and not PluginSettings.load().clue_available():
             raise QgsProcessingException(f"{self.label('CLUE')}: {NO_CLUE_MODEL}")
         extent, extent_crs = self.extent(parameters, context, layer.crs())
 
         path = self.engine_path(layer, extent, extent_crs, feedback)
         result = self.call_engine(
-            "ask", feedback, path, question, bands=bands, clue=clue,
+            "ask", feedback, path, question, bands=bands, clue=clue, short_answer=short_answer,
             bounds=bounds_of(extent) if extent else None,
             bounds_crs=crs_for_engine(extent_crs) if extent else None)
         feedback.pushInfo(f"Answer: {result['answer']}")

@@ -43,6 +43,7 @@ class Job:
     extent_crs: QgsCoordinateReferenceSystem | None = None
     dates: list[QDate | None] = field(default_factory=list)   # of the layers; [] = their own
     view: QgsMapSettings | None = None        # the canvas when asked: places the map note
+    short_answer: bool = True                 # ask: a word or phrase (prompts.question_instruction)
 
 
 class EngineTask(QgsTask):
@@ -116,7 +117,7 @@ class EngineTask(QgsTask):
             common["bounds_crs"] = crs_for_engine(job.extent_crs)
         if job.op == "change":
             return client.describe_change(paths[0], paths[1], instruction=job.instruction, **common)
-        return client.ask(paths[0], job.question, **common)
+        return client.ask(paths[0], job.question, short_answer=job.short_answer, **common)
 
     def _on_progress(self, fraction: float, message: str) -> None:
         # A starting engine first says so itself; its next report is about the request: it is ready.

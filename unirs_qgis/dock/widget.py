@@ -126,11 +126,16 @@ class UniRSDockWidget(QgsDockWidget):
         self.question_edit.setPlaceholderText("e.g. How many buildings are there?\n"
                                               "Enter asks; Shift+Enter starts a new line")
         self.question_edit.setMaximumHeight(70)
+        self.short_answer_check = QCheckBox("Short answer (a word or phrase)")
+        self.short_answer_check.setChecked(True)
+        self.short_answer_check.setToolTip("Ask for yes/no, a number or a class, as the VQA benchmarks and "
+                                           "the demo model's training do; untick for a free answer")
         self.ask_button = QPushButton("Ask")
         self.ask_page = QWidget()
         ask_form = QFormLayout(self.ask_page)
         ask_form.addRow("Layer", self.layer_combo)
         ask_form.addRow("Question", self.question_edit)
+        ask_form.addRow("", self.short_answer_check)
         ask_form.addRow(self.ask_button)
         self.tabs.addTab(self.ask_page, "Ask")
 
@@ -239,7 +244,7 @@ class UniRSDockWidget(QgsDockWidget):
             return self.warn("Pick a raster layer to ask about.")
         if not question:
             return self.warn("Type a question first.")
-        self._start(self._job("ask", [layer], question))
+        self._start(self._job("ask", [layer], question, short_answer=self.short_answer_check.isChecked()))
 
     def describe_change(self) -> None:
         before, after = self.before_combo.currentLayer(), self.after_combo.currentLayer()
