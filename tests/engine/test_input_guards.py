@@ -52,7 +52,8 @@ def test_a_question_longer_than_the_context_is_refused_with_its_token_count(engi
     missing = tmp_path / "not_read.tif"     # refused before reading: the missing file is never seen
     with pytest.raises(PromptTooLong) as err:
         engine.ask(missing, question)
-    ids = prompts.encode(engine.model.tokenizer, prompts.user_message(InputKind.IMAGE, question, 1))[0]
+    instruction = prompts.question_instruction(question)                               # with the short-answer suffix
+    ids = prompts.encode(engine.model.tokenizer, prompts.user_message(InputKind.IMAGE, instruction, 1))[0]
     per_slot = engine.model.model.visual_slots(torch.zeros(1, 25, 32), InputKind.IMAGE).shape[1]   # 9
     expected = len(ids) - 1 + per_slot
     assert expected > context
@@ -63,7 +64,8 @@ def test_a_question_longer_than_the_context_is_refused_with_its_token_count(engi
 
 def test_a_5_mb_question_is_refused_at_once_without_tokenising_it(engine, good):
     started = time.perf_counter()
-    with pytest.raises(PromptTooLong, match=r"the question is 5,000,000 characters, at least [\d,]+ tokens; "
+    chars = len(prompts.question_instruction("x" * 5_000_000))                       # 5,000,051: the suffix too
+    with pytest.raises(PromptTooLong, match=rf"the question is {chars:,} characters, at least [\d,]+ tokens; "
                                             r"this model reads at most 4,096"):
         engine.ask(good, "x" * 5_000_000)
     assert time.perf_counter() - started < 0.5
