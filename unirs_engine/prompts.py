@@ -45,6 +45,7 @@ def question_instruction(question: str, short_answer: bool = True) -> str:
         return question
     return f"{question}\n{SHORT_ANSWER_SUFFIX}"
 
+
 # Table II: fixed prompts with which the frozen base VLM writes the clue.
 CLUE_PROMPTS = {
     InputKind.IMAGE: "Describe this remote sensing image in detail.",

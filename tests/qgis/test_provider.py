@@ -16,7 +16,8 @@ from unirs_qgis.settings import PluginSettings
 
 REPO = Path(__file__).resolve().parents[2]
 ALGORITHMS = {
-    "unirs:ask": ("Ask about a raster layer", ["INPUT", "QUESTION", "EXTENT", "BANDS", "CLUE", "OUTPUT"]),
+    "unirs:ask": ("Ask about a raster layer",
+                  ["INPUT", "QUESTION", "EXTENT", "BANDS", "SHORT_ANSWER", "CLUE", "OUTPUT"]),
     "unirs:describe_change": ("Describe change between two dated layers",
                               ["BEFORE", "AFTER", "EXTENT", "DATE_BEFORE", "DATE_AFTER", "INSTRUCTION",
                                "OUTPUT"]),
