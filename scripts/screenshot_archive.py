@@ -72,6 +72,7 @@ def run_inside_qgis(workdir: Path) -> None:
 sys.path.insert(0, str(REPO / "scripts"))
 from screenshot_dock import PLUGIN_NAME, WINDOW, launch, save_window  # noqa: E402 (needs the path)
 
+
 def write_archive(folder: Path) -> Path:
     """The driver's part: the mosaic pairs and their manifest (absolute paths)."""
     from unirs_engine.data.synthetic.mosaic import write_mosaic_pair

@@ -17,6 +17,7 @@ from qgis.PyQt.QtCore import QDate, Qt
 from qgis.PyQt.QtTest import QTest
 
 from tests.qgis.test_write_back import disjoint, rendered_box
+from unirs_engine import prompts
 from unirs_engine.testing.rasters import UTM33, grid, pattern, write_raster
 from unirs_qgis import engine_link, write_back
 from unirs_qgis import notes as map_notes
@@ -542,6 +543,5 @@ def test_short_answer_is_on_and_unticking_it_sends_the_question_as_typed(dock, q
         dock.question_edit.setPlainText("Is there a road?")
         dock.ask_button.click()
         wait_idle(dock)
-    suffix = "Answer the question using a single word or phrase."
-    assert [suffix in r["prompt"] for r in results] == [True, False]
+    assert [prompts.SHORT_ANSWER_SUFFIX in r["prompt"] for r in results] == [True, False]
     assert [r["question"] for r in write_back.answers_of(layer)] == ["Is there a road?"] * 2  # as typed

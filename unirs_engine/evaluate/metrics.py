@@ -39,6 +39,7 @@ def vqa_accuracy(preds: Mapping[Hashable, str], answers: Mapping[Hashable, str],
     references: dict[str, set[str]] = {}
     for i, answer in answers.items():
         references.setdefault(types.get(i), set()).add(normalise_answer(answer))
+    in_space = {t: ANSWER_SPACES.get(t, refs.__contains__) for t, refs in references.items()}
     right: Counter = Counter()
     total: Counter = Counter()
     outside: Counter = Counter()
@@ -47,7 +48,7 @@ def vqa_accuracy(preds: Mapping[Hashable, str], answers: Mapping[Hashable, str],
         qtype, said = types[i], normalise_answer(pred)
         total[qtype] += 1
         right[qtype] += said == normalise_answer(answers[i])
-        if not ANSWER_SPACES.get(qtype, references[qtype].__contains__)(said):
+        if not in_space[qtype](said):
             outside[qtype] += 1
             if len(examples) < OUT_OF_SPACE_LISTED:
                 examples.append([i, pred])
