@@ -282,6 +282,30 @@ def test_landcover_beside_every_image_and_pair_date_matches_the_pixels(bench):
     assert water_seen >= 5
 
 
+def test_video_landcover_follows_each_frame_as_the_camera_saw_it(bench):
+    from unirs_engine.data.synthetic.landcover import CLASSES, read_video_landcover
+    from unirs_engine.data.synthetic.scene import GRID
+    from unirs_engine.inputs.video import read_video_frames
+
+    videos = [s for split in ("train", "val", "test") for s in load_samples("synthetic", bench, split=split)
+              if s.kind is InputKind.SEQUENCE]
+    assert len(videos) == 8
+    cars = {}
+    for sample in videos:
+        cover = read_video_landcover(sample.video)                          # (12, C, 32, 32) in 0..1
+        assert cover.shape == (N_FRAMES, len(CLASSES), GRID, GRID) and cover.sum(1).max() <= 1.02
+        cars[sample.references[0]] = cover[:, CLASSES.index("car")].sum((1, 2)).mean()
+        frames = read_video_frames(sample.video, n=N_FRAMES)                # all 12, 64 x 64
+        for chip, water in zip(frames, cover[:, CLASSES.index("water")]):
+            rgb = chip.image.astype(int)                                    # (64, 64, 3)
+            blue = ((rgb[..., 0] < 70) & (rgb[..., 2] > rgb[..., 0] + 40)).reshape(GRID, 2, GRID, 2).mean((1, 3))
+            # compression blurs the edges of water out of the blue test
+            assert blue.mean() == pytest.approx(water.mean(), rel=0.2, abs=0.01), sample.video
+            if water.mean() > 0.03:   # the panning camera's frame, not the scene's grid
+                assert np.corrcoef(water.ravel(), blue.ravel())[0, 1] > 0.9, sample.video
+    assert cars["traffic congestion"] > 5 * max(cars["non-event"], 0.1)
+
+
 def test_landcover_fractions_follow_the_objects_and_their_painting_order():
     from unirs_engine.data.synthetic.landcover import CLASSES, fractions
     from unirs_engine.data.synthetic.scene import Scene
@@ -298,15 +322,49 @@ def test_landcover_fractions_follow_the_objects_and_their_painting_order():
     assert cover.sum() == 64 + 16 * 8
 
 
-def test_writing_landcover_leaves_every_other_file_as_it_was(bench, tmp_path, monkeypatch):
+def test_object_counts_beside_every_image_and_pair_date_answer_its_questions(bench):
+    from unirs_engine.data.synthetic.object_counts import COUNTED, counts_path, read_counts
+    from unirs_engine.data.synthetic.scene import NOUNS
+
+    assert json.loads((bench / "landcover.json").read_text())["counted"] == list(COUNTED)
+    samples = load_samples("synthetic", bench, split="train", protocol="full")
+    pairs = [p for s in samples if s.kind is InputKind.PAIR for p in s.images]
+    assert len(pairs) == 2 * 16 and all(read_counts(p).shape == (len(COUNTED),) for p in pairs)
+    plural = {many: kind for kind, (_, many) in NOUNS.items()}
+    asked = Counter()
+    for sample in (s for s in samples if s.meta["benchmark"] == "rsvqa"):
+        assert np.load(counts_path(sample.images[0])).dtype == np.uint8
+        count = dict(zip(COUNTED, read_counts(sample.images[0]).tolist()))
+        question, answer = sample.instruction.split("\n")[0], sample.references[0]
+        qtype = sample.meta["question_type"]
+        if qtype == "count":
+            expected = str(count[plural[re.fullmatch(r"How many (.+) are there\?", question)[1]]])
+        elif qtype == "comp":
+            how, a, b = next((how, plural[m[1]], plural[m[2]]) for how, pattern in (
+                ("more", r"Are there more (.+) than (.+)\?"), ("less", r"Are there less (.+) than (.+)\?"),
+                ("equal", r"Is the number of (.+) equal to the number of (.+)\?"))
+                if (m := re.fullmatch(pattern, question)))
+            holds = {"more": count[a] > count[b], "less": count[a] < count[b], "equal": count[a] == count[b]}[how]
+            expected = "yes" if holds else "no"
+        else:
+            continue
+        assert answer == expected, (sample.images[0], question)
+        asked[qtype] += 1
+    assert asked == {"count": 16, "comp": 32}
+
+
+def test_writing_landcover_and_counts_leaves_every_other_file_as_it_was(bench, tmp_path, monkeypatch):
     from unirs_engine.data.synthetic import writer
 
     monkeypatch.setattr(writer, "write_landcover", lambda *args: None)
+    monkeypatch.setattr(writer, "write_video_landcover", lambda *args: None)
+    monkeypatch.setattr(writer, "write_counts", lambda *args: None)
     plain = tmp_path / "plain"
     write_benchmark(plain, seed=3, progress=False, **SMALL)
     files = sorted(p.relative_to(plain) for p in plain.rglob("*") if p.is_file())
     with_masks = {p.relative_to(bench) for p in bench.rglob("*") if p.is_file()}
-    assert {rel for rel in with_masks if "landcover" not in rel.parts} == set(files) and len(files) > 100
+    assert {rel for rel in with_masks if not {"landcover", "counts"} & set(rel.parts)} == set(files)
+    assert len(files) > 100
     for rel in files:   # libx264 is not byte-reproducible run to run (threads), with or without masks
         if rel.suffix != ".mp4":
             assert (bench / rel).read_bytes() == (plain / rel).read_bytes(), rel

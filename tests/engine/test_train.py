@@ -1,6 +1,7 @@
 """Training stages on tiny data: configs, labels, loss falling, freezing, resume, saved checkpoints."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from unirs_engine import prompts
 from unirs_engine.inputs.preprocess import ImagePreprocessor
-from unirs_engine.model.checkpoint import load_checkpoint
+from unirs_engine.model.checkpoint import default_image_processor, load_checkpoint
 from unirs_engine.testing.rasters import write_raster, write_video
 from unirs_engine.train.config import ConfigError, DatasetSpec, load_config
 from unirs_engine.train.data import InstructionDataset, SkippedSampleWarning, collate
@@ -453,8 +454,10 @@ def water_cover(water: bool) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def covered(tmp_path_factory):
-    """4 images (water on every other) and 2 pairs (water appears in the changed one), with land cover."""
+    """4 images (water on every other) and 2 pairs (water appears in the changed one), with land cover
+    and object counts (one water area where there is water)."""
     from unirs_engine.data.synthetic.landcover import landcover_path
+    from unirs_engine.data.synthetic.object_counts import COUNTED, counts_path
 
     root = tmp_path_factory.mktemp("covered")
     rsvqa, levircc = write_rsvqa_lr(root / "rsvqa", n_images=4), write_levircc(root / "levircc", unchanged=(1,))
@@ -465,6 +468,8 @@ def covered(tmp_path_factory):
     for image, water in pictures:
         landcover_path(image).parent.mkdir(exist_ok=True)
         np.save(landcover_path(image), water_cover(water))
+        counts_path(image).parent.mkdir(exist_ok=True)
+        np.save(counts_path(image), np.array([kind == "water" and water for kind in COUNTED], np.uint8))
     return [{"task": "rsvqa-lr", "root": str(rsvqa)}, {"task": "levir-cc", "root": str(levircc)}]
 
 
@@ -492,6 +497,38 @@ def test_landcover_targets_follow_the_projector_token_order():
     cells = torch.zeros(1, 1, 32, 32)
     cells[..., :16, 16:] = 1                                                     # the top right quarter
     assert LandCoverHead(8, 1, 4).targets(cells)[0, :, 0].tolist() == [0, 0, 1, 0]   # token = col * 2 + row
+
+
+def test_video_land_cover_follows_the_frames_the_reader_picks(tmp_path):
+    from unirs_engine.data.synthetic.landcover import CLASSES, SCALE, write_video_landcover
+    from unirs_engine.data.synthetic.scene import GRID
+    from unirs_engine.inputs.video import frame_indexes
+    from unirs_engine.train.vision_pretrain import QuestionedImages
+    from unirs_engine.types import InputKind, Sample
+
+    # frame t is t * 20 grey, and its land cover is t / 11 water everywhere
+    video = write_video(tmp_path / "clip.mp4", np.repeat(np.arange(12, dtype=np.uint8)[:, None, None, None] * 20,
+                                                         SIZE, 1).repeat(SIZE, 2).repeat(3, 3))
+    cover = np.zeros((12, len(CLASSES), GRID, GRID), np.float32)
+    cover[:, CLASSES.index("water")] = np.arange(12)[:, None, None] / 11
+    write_video_landcover(video, cover)
+    sample = Sample("clip", InputKind.SEQUENCE, [], "what happens", ["flood"], video=str(video))
+    preprocessor = ImagePreprocessor(default_image_processor(56), "pad")
+    dataset = QuestionedImages([sample], preprocessor, {}, {"flood": 0}, {}, num_frames=8, augment=False,
+                               landcover=True)
+    item = dataset[0]
+    picked = frame_indexes(12, 8)
+    assert picked == [0, 1, 2, 4, 5, 7, 8, 10]
+    water = item["landcover"][:, CLASSES.index("water")]                       # (8, 32, 32)
+    assert item["landcover"].shape == (8, len(CLASSES), GRID, GRID)
+    assert water[:, 0, 0].tolist() == pytest.approx([round(t / 11 * SCALE) / SCALE for t in picked])
+    # the pixels are those frames too: brightness rises with t * 20
+    brightness = item["pixel_values"].mean((1, 2, 3))                          # (8,)
+    assert (brightness.diff() > 0).all()
+    steps = brightness.diff() / torch.tensor(np.diff(picked), dtype=torch.float32)
+    assert steps.max() < 1.2 * steps.min()
+    assert QuestionedImages([sample], preprocessor, {}, {"flood": 0}, {}, num_frames=8, augment=False,
+                            landcover=False)[0]["landcover"] is None
 
 
 def test_vision_land_cover_head_learns_and_leaves_the_rest_as_before(covered, tmp_path):
@@ -527,10 +564,38 @@ def test_vision_with_land_cover_resumes_to_the_same_weights_and_losses(covered, 
     assert [p["step"] for p in parts(tmp_path / "resumed")] == [4, 5, 6]
 
 
-def test_dense_weight_without_land_cover_is_refused(datasets, tmp_path):
+def test_vision_count_head_learns_and_leaves_the_rest_as_before(covered, tmp_path):
+    from unirs_engine.train.vision_pretrain import train_vision
+
+    # beside the land-cover head, the count head learns water only after the 30 steps above
+    plain = train_vision(dense_config(tmp_path / "plain", covered, "dense_weight=0.5", "max_steps=100"))
+    both = train_vision(dense_config(tmp_path / "both", covered, "dense_weight=0.5", "count_weight=2",
+                                     "max_steps=100"))
+    # The count head is made after the land-cover head: both runs start from the same modules.
+    plain_parts, split = parts(tmp_path / "plain"), parts(tmp_path / "both")
+    assert [p["step"] for p in split] == list(range(1, 101))
+    assert all(math.isnan(p["count"]) for p in plain_parts)
+    assert split[0]["classifier"] == pytest.approx(plain_parts[0]["classifier"], rel=1e-6)
+    assert split[0]["dense"] == pytest.approx(plain_parts[0]["dense"], rel=1e-6)
+    for total, p in zip(losses(tmp_path / "both"), split):
+        assert total == pytest.approx(p["classifier"] + 0.5 * p["dense"] + 2 * p["count"], rel=1e-5)
+    assert split[-1]["count"] < 0.01 * split[0]["count"]
+    info = json.loads((both / "vision.json").read_text())
+    assert "count_accuracy" not in json.loads((plain / "vision.json").read_text())
+    # 8 pictures (4 images, 2 pairs' two dates), 3 of them with water
+    assert info["count_accuracy"]["train"]["water"] == {"accuracy": 1.0, "majority": 5 / 8}
+    assert info["count_accuracy"]["train"]["road"] == {"accuracy": 1.0, "majority": 1.0}
+    assert tensors(both).keys() == tensors(plain).keys()     # the head is not kept
+
+
+def test_dense_or_count_weight_without_their_targets_is_refused(datasets, tmp_path):
     from unirs_engine.train.vision_pretrain import train_vision
 
     with pytest.raises(ConfigError, match="no training picture has land-cover fractions"):
         train_vision(dense_config(tmp_path / "none", [mixture(datasets)[0]], "dense_weight=1"))
     with pytest.raises(ConfigError, match="dense_weight: must be >= 0"):
         dense_config(tmp_path / "neg", [mixture(datasets)[0]], "dense_weight=-1")
+    with pytest.raises(ConfigError, match="no training picture has object counts"):
+        train_vision(dense_config(tmp_path / "none", [mixture(datasets)[0]], "count_weight=1"))
+    with pytest.raises(ConfigError, match="count_weight: must be >= 0"):
+        dense_config(tmp_path / "neg", [mixture(datasets)[0]], "count_weight=-1")

@@ -75,10 +75,10 @@ def read_video_frames(path: str | Path, n: int = 8) -> list[Chip]:
     check_path_text(path)
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    indexes = _sample(_header_frame_count(path) or _decoded_frame_count(path), n)
+    indexes = frame_indexes(_header_frame_count(path) or _decoded_frame_count(path), n)
     chips = _decode(path, indexes)
     if len(chips) < len(indexes):  # the container's frame count was too high: count for real
-        indexes = _sample(_decoded_frame_count(path), n)
+        indexes = frame_indexes(_decoded_frame_count(path), n)
         chips = _decode(path, indexes)
     return chips
 
@@ -94,7 +94,8 @@ def read_frame_stack(paths: list[str | Path], n: int | None = None, **raster_kw:
     return [read_chip(p, **raster_kw) for p in paths]
 
 
-def _sample(count: int, n: int) -> list[int]:
+def frame_indexes(count: int, n: int) -> list[int]:
+    """Which of a video's `count` frames read_video_frames keeps for `n`."""
     if count <= n:
         return list(range(count))
     return np.linspace(0, count - 2, n, dtype=int).tolist()  # distinct since count > n

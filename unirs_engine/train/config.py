@@ -118,13 +118,14 @@ class VisionConfig(StageConfig):
     eval_split: str = "val"      # held-out accuracy of the classifier, reported in vision.json
     min_caption_word_count: int = 5  # image pairs: rarer caption words are not targets
     dense_weight: float = 0.0    # > 0: plus this x the loss of a per-token land-cover head (synthetic data)
+    count_weight: float = 0.0    # > 0: plus this x the loss of a per-picture object-count head (synthetic data)
 
     def check(self) -> list[str]:
         problems = super().check()
         problems += _check_data(self.data)
         problems += _check_frames_and_warmup(self.num_frames, self.warmup_ratio)
-        if self.dense_weight < 0:
-            problems.append(f"dense_weight: must be >= 0, got {self.dense_weight}")
+        problems += [f"{name}: must be >= 0, got {value}" for name, value in
+                     (("dense_weight", self.dense_weight), ("count_weight", self.count_weight)) if value < 0]
         return problems
 
 

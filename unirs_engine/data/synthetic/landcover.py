@@ -2,10 +2,12 @@
 
 For every picture the benchmark writes (RSVQA images, both dates of LEVIR-CC pairs) a
 `landcover/<image stem>.npy` beside the image: uint8 (len(CLASSES), GRID, GRID), the share of the
-picture's pixels in each scene cell that show each kind, times SCALE (rounded). A pixel shows the
-kind painted last there (render.Z_ORDER); pixels of no object (grass) count for no class, so a
-cell's fractions sum to at most SCALE. Computed from the objects' geometry on the rendered pixel
-grid, after rendering and without random draws: the images stay what they were.
+picture's pixels in each of its GRID x GRID cells that show each kind, times SCALE (rounded). A
+pixel shows the kind painted last there (render.Z_ORDER); pixels of no object (grass) count for
+no class, so a cell's fractions sum to at most SCALE. Every ERA video gets one beside it with a
+leading frame axis, (n_frames, len(CLASSES), GRID, GRID), each frame's cells those of the frame
+as the camera saw it. Computed from the objects' geometry on the rendered pixel grid, after
+rendering and without random draws: the images and videos stay what they were.
 """
 
 from __future__ import annotations
@@ -29,15 +31,28 @@ def landcover_path(image: str | Path) -> Path:
     return image.parent / FOLDER / f"{image.stem}.npy"
 
 
-def fractions(scene: Scene, size: int) -> np.ndarray:
-    """(len(CLASSES), GRID, GRID) float32 in 0..1: per scene cell, the share of a size x size
-    render's pixels that show each kind."""
+def shown_kinds(scene: Scene, size: int) -> np.ndarray:
+    """(size, size) int64: per pixel of a size x size render, the index in CLASSES of the kind it
+    shows, len(CLASSES) where it shows no object."""
     coords = pixel_centres(size)
-    shown = np.full((size, size), len(CLASSES), np.int64)      # (size, size): class index, or "none"
+    shown = np.full((size, size), len(CLASSES), np.int64)
     for obj in sorted(scene.objects, key=lambda o: Z_ORDER.index(o.kind)):  # painting order
         rs, cs, m = obj.mask(coords)
         shown[rs, cs][m] = CLASSES.index(obj.kind)
-    cell = np.minimum(coords.astype(np.int64), GRID - 1)       # (size,): the cell of each pixel row/col
+    return shown
+
+
+def fractions(scene: Scene, size: int) -> np.ndarray:
+    """(len(CLASSES), GRID, GRID) float32 in 0..1: per scene cell, the share of a size x size
+    render's pixels that show each kind."""
+    return cell_fractions(shown_kinds(scene, size))
+
+
+def cell_fractions(shown: np.ndarray) -> np.ndarray:
+    """(len(CLASSES), GRID, GRID) float32 in 0..1: the share of each kind among the pixels of a
+    square picture's (size, size) shown_kinds in each of its GRID x GRID cells."""
+    size = shown.shape[0]
+    cell = np.minimum(pixel_centres(size).astype(np.int64), GRID - 1)  # (size,): the cell of each pixel row/col
     flat = (cell[:, None] * GRID + cell[None, :]) * (len(CLASSES) + 1) + shown  # (size, size)
     counts = np.bincount(flat.ravel(), minlength=GRID * GRID * (len(CLASSES) + 1))
     counts = counts.reshape(GRID, GRID, len(CLASSES) + 1)[..., :-1]           # (GRID, GRID, C)
@@ -54,13 +69,32 @@ def write_landcover(image: str | Path, scene: Scene, size: int) -> Path:
     return path
 
 
+def write_video_landcover(video: str | Path, frames: np.ndarray) -> Path:
+    """(n_frames, len(CLASSES), GRID, GRID) fractions of a video's frames, as uint8 at
+    landcover_path(video)."""
+    path = landcover_path(video)
+    path.parent.mkdir(exist_ok=True)
+    np.save(path, np.round(frames * SCALE).astype(np.uint8))
+    return path
+
+
 def read_landcover(image: str | Path) -> np.ndarray | None:
     """(len(CLASSES), GRID, GRID) float32 fractions of `image`, or None when it has none."""
-    path = landcover_path(image)
+    return _read(image, frames=False)
+
+
+def read_video_landcover(video: str | Path) -> np.ndarray | None:
+    """(n_frames, len(CLASSES), GRID, GRID) float32 fractions of each frame of `video`, or None."""
+    return _read(video, frames=True)
+
+
+def _read(picture: str | Path, frames: bool) -> np.ndarray | None:
+    path = landcover_path(picture)
     if not path.is_file():
         return None
     stored = np.load(path)
-    if stored.shape != (len(CLASSES), GRID, GRID):
-        raise ValueError(f"{path}: expected land-cover fractions of shape {(len(CLASSES), GRID, GRID)}, "
-                         f"got {stored.shape}")
+    cells = (len(CLASSES), GRID, GRID)
+    if stored.shape[-3:] != cells or stored.ndim != 3 + frames:
+        expected = f"(n_frames, {', '.join(map(str, cells))})" if frames else str(cells)
+        raise ValueError(f"{path}: expected land-cover fractions of shape {expected}, got {stored.shape}")
     return stored.astype(np.float32) / SCALE

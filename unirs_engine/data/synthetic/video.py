@@ -15,6 +15,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from .landcover import CLASSES, cell_fractions, shown_kinds
 from .render import finish, illumination, render
 from .scene import GRID, ROOFS, Obj, Scene, make_scene, random_box
 
@@ -24,8 +25,9 @@ CAR_LENGTH, CAR_WIDTH = 1.5, 0.8      # cells
 
 
 def video_frames(rng: np.random.Generator, cls: str, size: int, *, n_frames: int = N_FRAMES,
-                 pan: bool = True) -> np.ndarray:
-    """(n_frames, size, size, 3) uint8 frames of a `cls` event (size even, for yuv420p)."""
+                 pan: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(n_frames, size, size, 3) uint8 frames of a `cls` event (size even, for yuv420p), and their
+    (n_frames, len(CLASSES), GRID, GRID) land-cover fractions (landcover.py), cells of the frame."""
     if cls not in _STATES:
         raise ValueError(f"unknown video class {cls!r}; expected one of {VIDEO_CLASSES}")
     states = _STATES[cls](rng, n_frames)
@@ -33,11 +35,13 @@ def video_frames(rng: np.random.Generator, cls: str, size: int, *, n_frames: int
     start, end = rng.integers(0, pad + 1, size=(2, 2))
     gain = illumination(rng)
     frames = np.empty((n_frames, size, size, 3), np.uint8)
+    covers = np.empty((n_frames, len(CLASSES), GRID, GRID), np.float32)
     for t, scene in enumerate(states):
         oy, ox = np.round(start + (end - start) * t / max(1, n_frames - 1)).astype(int)
         canvas = render(scene, size + pad)
         frames[t] = finish(canvas[oy:oy + size, ox:ox + size], rng, gain=gain, noise=2.0)
-    return frames
+        covers[t] = cell_fractions(shown_kinds(scene, size + pad)[oy:oy + size, ox:ox + size])
+    return frames, covers
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = FPS, *, near_lossless: bool = False) -> Path:

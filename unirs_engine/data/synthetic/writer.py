@@ -6,7 +6,9 @@ out/era      <class folder>/<name>.mp4 + split.json; a quarter of the videos (st
              as a dated GeoTIFF stack in stacks/<name>/frame_NN.tif
 out/manifest.json  seed, options, counts, version
 out/landcover.json the land-cover classes of the per-picture fractions written beside the RSVQA
-             images and both dates of the pairs (<image folder>/landcover/<stem>.npy, landcover.py)
+             images, both dates of the pairs and the videos (per frame) (<folder>/landcover/<stem>.npy,
+             landcover.py), and the kinds of the pictures' object counts (<image folder>/counts/<stem>.npy,
+             object_counts.py)
 
 Every item draws from its own generator seeded by (seed, stream, index), so a seed gives the same
 benchmark byte for byte in its JSON files. The benchmark is built in a temporary sibling folder
@@ -31,7 +33,9 @@ from ..era import SPLIT_FILE, class_folder
 from ..levircc import CAPTIONS_FILE
 from .captions import change_captions
 from .events import NO_CHANGE, make_pair, random_event
-from .landcover import CLASSES, FOLDER, SCALE, write_landcover
+from .landcover import CLASSES, FOLDER, SCALE, write_landcover, write_video_landcover
+from .object_counts import COUNTED, write_counts
+from .object_counts import FOLDER as COUNTS_FOLDER
 from .questions import scene_questions
 from .render import finish, random_georef, render, write_geotiff
 from .scene import GRID, make_scene
@@ -70,7 +74,10 @@ def write_benchmark(out_dir: str | Path, *, seed: int, n_images: int, n_pairs: i
         }
         _write_json(tmp / "manifest.json", manifest, indent=2)
         _write_json(tmp / "landcover.json", {"classes": list(CLASSES), "grid": GRID, "scale": SCALE,
-                                             "files": f"<image folder>/{FOLDER}/<image stem>.npy"}, indent=2)
+                                             "files": f"<image or video folder>/{FOLDER}/<stem>.npy",
+                                             "counted": list(COUNTED),
+                                             "count_files": f"<image folder>/{COUNTS_FOLDER}/<image stem>.npy"},
+                    indent=2)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -138,6 +145,7 @@ def _write_rsvqa(root: Path, seed: int, n: int, size: int, fractions, bar) -> di
         crs, transform = random_georef(rng, size)
         image = write_geotiff(root / "Images_LR" / f"{i}.tif", finish(render(scene, size), rng), crs, transform)
         write_landcover(image, scene, size)   # no random draws: the rest of the benchmark is unchanged
+        write_counts(image, scene)
         part, ids = files[split_of[i]], []
         for qtype, question, answer in scene_questions(scene, rng):
             part["questions"].append({"id": qid, "img_id": i, "type": qtype, "question": question,
@@ -175,6 +183,7 @@ def _write_levircc(root: Path, seed: int, n: int, size: int, fractions, bar) -> 
         for side, scene in (("A", before), ("B", change.after)):
             image = write_geotiff(root / "images" / split / side / name, finish(render(scene, size), rng), crs, transform)
             write_landcover(image, scene, size)
+            write_counts(image, scene)
         captions = change_captions(change, rng)
         records.append({
             "filename": name, "filepath": split, "split": split, "changeflag": int(changed[i]),
@@ -200,11 +209,11 @@ def _write_era(root: Path, seed: int, n: int, size: int, fractions, bar) -> dict
     for i, cls in enumerate(classes):
         rng = _rng(seed, _VIDEOS, i)
         as_stack = i % STACK_EVERY == 0
-        frames = video_frames(rng, cls, size, pan=not as_stack)
+        frames, covers = video_frames(rng, cls, size, pan=not as_stack)
         folder = class_folder(cls)
         name = f"{folder}_{i:05d}"
         (root / folder).mkdir(parents=True, exist_ok=True)
-        write_mp4(root / folder / f"{name}.mp4", frames)
+        write_video_landcover(write_mp4(root / folder / f"{name}.mp4", frames), covers)
         lists[split_of[i]].append(f"{folder}/{name}.mp4")
         if as_stack:
             _write_stack(root / "stacks" / name, frames, rng)
