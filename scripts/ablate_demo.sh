@@ -63,20 +63,21 @@ from unirs_engine.train.config import DatasetSpec
 from unirs_engine.train.data import read_spec
 
 config, data, clues, steps, mode, *variant = sys.argv[1:]
-folder = {"rsvqa-lr": "rsvqa", "levir-cc": "levircc", "era": "era"}
+folder = {"rsvqa-lr": "rsvqa", "synthetic-comparisons": "rsvqa", "levir-cc": "levircc", "era": "era"}
 joint = [{**d, "root": data + "/" + folder[d["task"]]} for d in json.load(open(config))["data"]]
 if mode == "clues":
     for d in joint:
         print(d["task"], d["root"], *(f"--option {k}={json.dumps(v)}" for k, v in d.get("options", {}).items()))
     sys.exit()
 variant = variant[0]
-only = {"rsvqa": "rsvqa-lr", "levircc": "levir-cc", "era": "era", "levircc-nocem": "levir-cc"}
-specs = [dict(d) for d in joint if d["task"] == only.get(variant, d["task"])]
+only = {"rsvqa": {"rsvqa-lr", "synthetic-comparisons"}, "levircc": {"levir-cc"}, "era": {"era"},
+        "levircc-nocem": {"levir-cc"}}
+specs = [dict(d) for d in joint if d["task"] in only.get(variant, {d["task"]})]
 for d in specs:
     if variant.endswith("-nocem") and d["task"] == "levir-cc":
         d["pair_as_frames"] = True
     if variant == "joint-clue":
-        d["clues"] = clues + "/" + folder[d["task"]] + ".jsonl"
+        d["clues"] = clues + "/" + d["task"] + ".jsonl"
 
 def items(specs):  # training items, counted as the instruct stage counts them
     total = 0
@@ -103,7 +104,7 @@ write_clues() {  # the base VLM's clue for every training sample (resumable)
     echo "== clues: $task"
     # shellcheck disable=SC2086
     unirs clues --model "$BASE" --task "$task" --data "$root" --split train \
-      --out "$CLUES/$(basename "$root").jsonl" --batch-size 16 $options
+      --out "$CLUES/$task.jsonl" --batch-size 16 $options
   done < <(helper clues)
 }
 

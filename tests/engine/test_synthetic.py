@@ -322,35 +322,82 @@ def test_landcover_fractions_follow_the_objects_and_their_painting_order():
     assert cover.sum() == 64 + 16 * 8
 
 
+def _answer_from_counts(question: str, count: dict[str, int]) -> str:
+    """The answer a count or comparison question has, given the picture's object counts by kind."""
+    from unirs_engine.data.synthetic.scene import NOUNS
+
+    plural = {many: kind for kind, (_, many) in NOUNS.items()}
+    if m := re.fullmatch(r"How many (.+) are there\?", question):
+        return str(count[plural[m[1]]])
+    how, a, b = next((how, plural[m[1]], plural[m[2]]) for how, pattern in (
+        ("more", r"Are there more (.+) than (.+)\?"), ("less", r"Are there less (.+) than (.+)\?"),
+        ("equal", r"Is the number of (.+) equal to the number of (.+)\?"))
+        if (m := re.fullmatch(pattern, question)))
+    holds = {"more": count[a] > count[b], "less": count[a] < count[b], "equal": count[a] == count[b]}[how]
+    return "yes" if holds else "no"
+
+
 def test_object_counts_beside_every_image_and_pair_date_answer_its_questions(bench):
     from unirs_engine.data.synthetic.object_counts import COUNTED, counts_path, read_counts
-    from unirs_engine.data.synthetic.scene import NOUNS
 
     assert json.loads((bench / "landcover.json").read_text())["counted"] == list(COUNTED)
     samples = load_samples("synthetic", bench, split="train", protocol="full")
     pairs = [p for s in samples if s.kind is InputKind.PAIR for p in s.images]
     assert len(pairs) == 2 * 16 and all(read_counts(p).shape == (len(COUNTED),) for p in pairs)
-    plural = {many: kind for kind, (_, many) in NOUNS.items()}
     asked = Counter()
-    for sample in (s for s in samples if s.meta["benchmark"] == "rsvqa"):
+    for sample in (s for s in samples if s.meta.get("question_type") in ("count", "comp")):
         assert np.load(counts_path(sample.images[0])).dtype == np.uint8
         count = dict(zip(COUNTED, read_counts(sample.images[0]).tolist()))
-        question, answer = sample.instruction.split("\n")[0], sample.references[0]
-        qtype = sample.meta["question_type"]
-        if qtype == "count":
-            expected = str(count[plural[re.fullmatch(r"How many (.+) are there\?", question)[1]]])
-        elif qtype == "comp":
-            how, a, b = next((how, plural[m[1]], plural[m[2]]) for how, pattern in (
-                ("more", r"Are there more (.+) than (.+)\?"), ("less", r"Are there less (.+) than (.+)\?"),
-                ("equal", r"Is the number of (.+) equal to the number of (.+)\?"))
-                if (m := re.fullmatch(pattern, question)))
-            holds = {"more": count[a] > count[b], "less": count[a] < count[b], "equal": count[a] == count[b]}[how]
-            expected = "yes" if holds else "no"
-        else:
-            continue
-        assert answer == expected, (sample.images[0], question)
-        asked[qtype] += 1
+        question = sample.instruction.split("\n")[0]
+        assert sample.references[0] == _answer_from_counts(question, count), (sample.images[0], question)
+        asked[sample.meta["question_type"]] += 1
     assert asked == {"count": 16, "comp": 32}
+
+
+def test_more_comparisons_for_training_are_right_balanced_and_only_of_their_split(bench):
+    from unirs_engine.data.synthetic.object_counts import COUNTED, read_counts
+
+    root = bench / "rsvqa"
+    extra = load_samples("synthetic-comparisons", root, split="train", per_image=6)
+    assert len(extra) == 16 * 6 and len({s.sample_id for s in extra}) == len(extra)
+    train_images = {s.images[0] for s in load_samples("rsvqa-lr", root, split="train")}
+    assert {s.images[0] for s in extra} == train_images
+    forms = Counter()
+    for sample in extra:
+        question, suffix = sample.instruction.split("\n")
+        assert suffix == prompts.SHORT_ANSWER_SUFFIX and sample.kind is InputKind.IMAGE
+        count = dict(zip(COUNTED, read_counts(sample.images[0]).tolist()))
+        assert sample.references == [_answer_from_counts(question, count)], (sample.images[0], question)
+        assert sample.meta["question_type"] == "comp"
+        form = "equal" if question.startswith("Is the number") else question.split()[2]
+        forms[form, sample.references[0]] += 1
+    # The writer asks "equal ... yes" about one question in ten; here about one in six.
+    assert len(forms) == 6 and forms["equal", "yes"] >= 12 and min(forms.values()) >= 12, forms
+    again = load_samples("synthetic-comparisons", root, split="train", per_image=6)
+    assert [(s.instruction, s.references) for s in again] == [(s.instruction, s.references) for s in extra]
+    other = load_samples("synthetic-comparisons", root, split="train", per_image=6, seed=1)
+    assert [s.instruction for s in other] != [s.instruction for s in extra]
+    test_images = {s.images[0] for s in load_samples("synthetic-comparisons", root, split="test")}
+    assert test_images and not test_images & train_images
+
+
+def test_more_comparisons_refuse_images_without_counts(bench, tmp_path):
+    import shutil
+
+    from unirs_engine.data import DataError, SkippedRecordWarning
+
+    root = tmp_path / "rsvqa"
+    shutil.copytree(bench / "rsvqa", root)
+    image = Path(load_samples("rsvqa-lr", root, split="train")[0].images[0])
+    missing = image.parent / "counts" / f"{image.stem}.npy"
+    missing.unlink()
+    with pytest.raises(DataError, match=f"no object counts beside .*{missing.stem}.tif"):
+        load_samples("synthetic-comparisons", root, split="train")
+    with pytest.warns(SkippedRecordWarning, match="no object counts"):
+        kept = load_samples("synthetic-comparisons", root, split="train", on_error="skip", per_image=2)
+    assert len(kept) == 2 * 15
+    with pytest.raises(ValueError, match="per_image must be >= 1"):
+        load_samples("synthetic-comparisons", root, split="train", per_image=0)
 
 
 def test_writing_landcover_and_counts_leaves_every_other_file_as_it_was(bench, tmp_path, monkeypatch):

@@ -599,3 +599,18 @@ def test_dense_or_count_weight_without_their_targets_is_refused(datasets, tmp_pa
         train_vision(dense_config(tmp_path / "none", [mixture(datasets)[0]], "count_weight=1"))
     with pytest.raises(ConfigError, match="count_weight: must be >= 0"):
         dense_config(tmp_path / "neg", [mixture(datasets)[0]], "count_weight=-1")
+
+
+def test_dense_weight_takes_videos_with_land_cover_alone(datasets, tmp_path):
+    import shutil
+
+    from unirs_engine.data.synthetic.landcover import CLASSES, write_video_landcover
+    from unirs_engine.data.synthetic.scene import GRID
+    from unirs_engine.train.vision_pretrain import train_vision
+
+    era = shutil.copytree(datasets["era"], tmp_path / "era")
+    for video in era.glob("*/*.mp4"):
+        write_video_landcover(video, np.zeros((6, len(CLASSES), GRID, GRID), np.float32))
+    train_vision(dense_config(tmp_path / "run", [{"task": "era", "root": str(era)}], "dense_weight=1",
+                              "max_steps=1", "batch_size=2"))
+    assert [math.isfinite(p["dense"]) for p in parts(tmp_path / "run")] == [True]

@@ -10,8 +10,10 @@ from .era import read_era
 from .geochat import read_geochat
 from .levircc import read_levircc
 from .rsvqa import read_rsvqa
+from .synthetic.count_questions import read_count_questions
 
-TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat", "synthetic")
+# "synthetic-comparisons": training only, more comparisons about synthetic RSVQA images (count_questions.py)
+TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat", "synthetic", "synthetic-comparisons")
 
 # Sub-folders the synthetic generator writes, and the options each of their readers accepts.
 SYNTHETIC_PARTS = {"rsvqa": "rsvqa", "levir-cc": "levircc", "era": "era"}
@@ -38,6 +40,8 @@ def load_samples(task: str, root: str | Path, split: str = "test", on_error: str
         return read_geochat(root, split, on_error=on_error, **opts)
     if task == "synthetic":
         return _load_synthetic(root, split, on_error, opts)
+    if task == "synthetic-comparisons":
+        return read_count_questions(root, split, on_error=on_error, **opts)
     raise ValueError(f"unknown dataset task {task!r}; expected one of {', '.join(TASKS)}")
 
 

@@ -12,7 +12,7 @@ import argparse
 from ..argtypes import CommandError, add_model_arguments, key_value, positive_int
 from .config import STAGES, load_config
 
-CLUE_TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat")
+CLUE_TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat", "synthetic-comparisons")
 
 
 def register(subparsers) -> None:

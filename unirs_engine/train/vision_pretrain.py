@@ -457,9 +457,10 @@ def train_vision(config: VisionConfig, resume: str | Path | None = None) -> Path
     if has_pairs and not spec.with_change:
         raise ConfigError("data: image pairs need model_spec.with_change = true (the CEM fuses them)")
     dense, counting = config.dense_weight > 0, config.count_weight > 0
-    if dense and not any(landcover_path(s.images[0]).is_file() for s in train_samples if s.images):
+    if dense and not any(landcover_path(s.video or s.images[0]).is_file()
+                         for s in train_samples if s.video or s.images):
         raise ConfigError("dense_weight: no training picture has land-cover fractions (landcover/ beside "
-                          "the images, written by `unirs synth`)")
+                          "the images and videos, written by `unirs synth`)")
     if counting and not any(counts_path(s.images[0]).is_file() for s in train_samples if s.images):
         raise ConfigError("count_weight: no training picture has object counts (counts/ beside "
                           "the images, written by `unirs synth`)")

@@ -8,6 +8,7 @@ scene allows), one rural/urban and one count question. Answers are exactly "yes"
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -15,7 +16,7 @@ from .scene import NOUNS, Scene
 
 QUESTION_TYPES = ("presence", "comp", "rural_urban", "count")
 _PRESENCE = ("Is there a {one}?", "Is a {one} present?", "Are there {many}?")
-_COMPARE = {
+COMPARE = {
     "more": "Are there more {a} than {b}?",
     "less": "Are there less {a} than {b}?",
     "equal": "Is the number of {a} equal to the number of {b}?",
@@ -42,14 +43,21 @@ def _presence(scene: Scene, rng: np.random.Generator, want_yes: bool) -> tuple[s
 
 
 def _comparison(scene: Scene, rng: np.random.Generator, want_yes: bool) -> tuple[str, str, str]:
+    return comparison({kind: scene.count(kind) for kind in NOUNS}, rng, want_yes)
+
+
+def comparison(counts: Mapping[str, int], rng: np.random.Generator, want_yes: bool,
+               forms: Sequence[str] = tuple(COMPARE)) -> tuple[str, str, str]:
+    """A ("comp", question, answer) comparing two kinds of NOUNS by their `counts`, of one of `forms`
+    ("more", "less", "equal"), answered "yes" when `want_yes` and some pair of kinds allows it."""
     options = []
-    for (a, b), how in itertools.product(itertools.permutations(NOUNS, 2), _COMPARE):
-        na, nb = scene.count(a), scene.count(b)
+    for (a, b), how in itertools.product(itertools.permutations(NOUNS, 2), forms):
+        na, nb = counts[a], counts[b]
         yes = na > nb if how == "more" else na < nb if how == "less" else na == nb
         options.append((yes, a, b, how))
     matching = [o for o in options if o[0] == want_yes] or options
     yes, a, b, how = matching[int(rng.integers(len(matching)))]
-    return "comp", _COMPARE[how].format(a=NOUNS[a][1], b=NOUNS[b][1]), "yes" if yes else "no"
+    return "comp", COMPARE[how].format(a=NOUNS[a][1], b=NOUNS[b][1]), "yes" if yes else "no"
 
 
 def _count(scene: Scene, rng: np.random.Generator) -> tuple[str, str, str]:
