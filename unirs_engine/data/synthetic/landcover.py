@@ -18,6 +18,7 @@ import numpy as np
 
 from .render import Z_ORDER, pixel_centres
 from .scene import GRID, NOUNS, Scene
+from .sidecar import read_sidecar, sidecar_path, write_sidecar
 
 # The scene kinds (what questions ask about) first, then those only events and videos paint.
 CLASSES = (*NOUNS, *(kind for kind in Z_ORDER if kind not in NOUNS))
@@ -27,8 +28,7 @@ FOLDER = "landcover"
 
 def landcover_path(image: str | Path) -> Path:
     """Where the fractions of `image` live: <image folder>/landcover/<image stem>.npy."""
-    image = Path(image)
-    return image.parent / FOLDER / f"{image.stem}.npy"
+    return sidecar_path(image, FOLDER)
 
 
 def shown_kinds(scene: Scene, size: int) -> np.ndarray:
@@ -63,19 +63,13 @@ def cell_fractions(shown: np.ndarray) -> np.ndarray:
 
 def write_landcover(image: str | Path, scene: Scene, size: int) -> Path:
     """The fractions of `scene` rendered at `size`, as uint8 at landcover_path(image)."""
-    path = landcover_path(image)
-    path.parent.mkdir(exist_ok=True)
-    np.save(path, np.round(fractions(scene, size) * SCALE).astype(np.uint8))
-    return path
+    return write_sidecar(image, FOLDER, np.round(fractions(scene, size) * SCALE).astype(np.uint8))
 
 
 def write_video_landcover(video: str | Path, frames: np.ndarray) -> Path:
     """(n_frames, len(CLASSES), GRID, GRID) fractions of a video's frames, as uint8 at
     landcover_path(video)."""
-    path = landcover_path(video)
-    path.parent.mkdir(exist_ok=True)
-    np.save(path, np.round(frames * SCALE).astype(np.uint8))
-    return path
+    return write_sidecar(video, FOLDER, np.round(frames * SCALE).astype(np.uint8))
 
 
 def read_landcover(image: str | Path) -> np.ndarray | None:
@@ -89,10 +83,9 @@ def read_video_landcover(video: str | Path) -> np.ndarray | None:
 
 
 def _read(picture: str | Path, frames: bool) -> np.ndarray | None:
-    path = landcover_path(picture)
-    if not path.is_file():
+    path, stored = read_sidecar(picture, FOLDER)
+    if stored is None:
         return None
-    stored = np.load(path)
     cells = (len(CLASSES), GRID, GRID)
     if stored.shape[-3:] != cells or stored.ndim != 3 + frames:
         expected = f"(n_frames, {', '.join(map(str, cells))})" if frames else str(cells)

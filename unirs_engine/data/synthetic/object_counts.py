@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .scene import NOUNS, Scene
+from .sidecar import read_sidecar, sidecar_path, write_sidecar
 
 COUNTED = tuple(NOUNS)
 FOLDER = "counts"
@@ -22,24 +23,19 @@ FOLDER = "counts"
 
 def counts_path(image: str | Path) -> Path:
     """Where the counts of `image` live: <image folder>/counts/<image stem>.npy."""
-    image = Path(image)
-    return image.parent / FOLDER / f"{image.stem}.npy"
+    return sidecar_path(image, FOLDER)
 
 
 def write_counts(image: str | Path, scene: Scene) -> Path:
     """The object counts of `scene`, per kind of COUNTED, as uint8 at counts_path(image)."""
-    path = counts_path(image)
-    path.parent.mkdir(exist_ok=True)
-    np.save(path, np.array([scene.count(kind) for kind in COUNTED], np.uint8))
-    return path
+    return write_sidecar(image, FOLDER, np.array([scene.count(kind) for kind in COUNTED], np.uint8))
 
 
 def read_counts(image: str | Path) -> np.ndarray | None:
     """(len(COUNTED),) int64 object counts of `image`, or None when it has none."""
-    path = counts_path(image)
-    if not path.is_file():
+    path, stored = read_sidecar(image, FOLDER)
+    if stored is None:
         return None
-    stored = np.load(path)
     if stored.shape != (len(COUNTED),):
         raise ValueError(f"{path}: expected object counts of shape {(len(COUNTED),)}, got {stored.shape}")
     return stored.astype(np.int64)
