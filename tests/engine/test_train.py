@@ -12,7 +12,9 @@ from unirs_engine.inputs.preprocess import ImagePreprocessor
 from unirs_engine.model.checkpoint import default_image_processor, load_checkpoint
 from unirs_engine.testing.rasters import write_raster, write_video
 from unirs_engine.train.config import ConfigError, DatasetSpec, load_config
-from unirs_engine.train.data import InstructionDataset, SkippedSampleWarning, collate
+from unirs_engine.train.data import (InstructionDataset, SkippedSampleWarning, build_mixture, collate,
+                                     instruction_dataset, modality_groups)
+from unirs_engine.train.loop import GroupedSampler, make_loader
 from unirs_engine.types import InputKind, Sample
 
 SIZE = 48  # pixels of the fixture rasters and video frames
@@ -242,6 +244,34 @@ def test_all_references_gives_one_item_per_caption(loaded, datasets):
     assert answers == ["a road was built", "a lake has appeared"]
 
 
+def test_grouped_batches_hold_one_group_each_in_an_order_fixed_by_seed_and_epoch():
+    groups = ["image"] * 37 + ["pair"] * 20 + ["video"] * 9
+    sampler = GroupedSampler(groups, batch_size=4, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(groups)))
+    batches = [order[i:i + 4] for i in range(0, len(order), 4)]
+    full = 9 + 5 + 2                               # 37 // 4, 20 // 4, 9 // 4
+    assert all(len({groups[i] for i in b}) == 1 for b in batches[:full])
+    assert sorted(len(b) for b in batches[full:]) == [2]  # the leftovers: 1 image + 1 video
+    runs = [groups[b[0]] for b in batches[:full]]
+    assert sum(a != b for a, b in zip(runs, runs[1:])) > 2  # batches shuffled, not group after group
+    assert list(GroupedSampler(groups, 4, seed=3)) == order
+    sampler.set_epoch(1)
+    assert list(sampler) != order
+
+
+def test_grouped_loader_of_a_mixture_gives_batches_of_one_kind(loaded, datasets):
+    specs = [DatasetSpec(**spec) for spec in mixture(datasets, repeats=(3, 2, 2))]
+    data = build_mixture(specs, lambda spec: instruction_dataset(
+        spec, loaded.tokenizer, ImagePreprocessor(loaded.image_processor, "pad"), tokens_per_slot=16,
+        max_length=4096, num_frames=4))
+    config = load_config("instruct", None, ["out=o", "model=m", "data=" + json.dumps(mixture(datasets)),
+                                            "batch_size=2"])
+    kinds = [batch["kind"] for batch in make_loader(data, config, collate, groups=modality_groups(data))]
+    assert len(kinds) == 7 and all(len(set(k)) == 1 for k in kinds)          # 6 + 4 + 4 items
+    assert sorted(k[0].value for k in kinds) == sorted(["image"] * 3 + ["pair"] * 2 + ["sequence"] * 2)
+
+
 # ---- stages ---------------------------------------------------------------------------------------
 
 def losses(out):
@@ -298,11 +328,12 @@ def test_instruct_output_loads_and_generates(instruct_run):
     assert len(model.model.generate([ids], [slots], max_new_tokens=3)[0]) <= 3
 
 
-def test_resumed_run_ends_on_the_same_weights(tiny_checkpoint, datasets, tmp_path):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_resumed_run_ends_on_the_same_weights(tiny_checkpoint, datasets, tmp_path, grouped):
     from unirs_engine.train.instruct import train_instruct
 
     # 6 items in batches of 2 with accumulation 2: 2 optimizer steps per epoch, so state-3 is mid-epoch.
-    args = ("batch_size=2", "grad_accum=2", "max_steps=6")
+    args = ("batch_size=2", "grad_accum=2", "max_steps=6", f"group_by_modality={str(grouped).lower()}")
     whole = train_instruct(instruct_config(tmp_path / "whole", tiny_checkpoint, datasets, *args, "save_every=3"))
     assert (tmp_path / "whole" / "state-3" / "progress.json").is_file()
     resumed = train_instruct(instruct_config(tmp_path / "resumed", tiny_checkpoint, datasets, *args),

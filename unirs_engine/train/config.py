@@ -87,6 +87,7 @@ class InstructConfig(StageConfig):
     gradient_checkpointing: bool = False
     image_aspect_ratio: str | None = None  # "pad" (UniRS) / "resize" (VILA-1.5); None keeps the model's
     drop_change_module: bool = False  # start without the checkpoint's CEM ("without CEM" ablation)
+    group_by_modality: bool = False  # batches of images, pairs or videos only: less padding, faster
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -143,6 +144,7 @@ class AlignConfig(StageConfig):
     max_length: int = 1024
     num_frames: int = 8
     warmup_ratio: float = 0.03
+    group_by_modality: bool = False  # as InstructConfig's
 
     def check(self) -> list[str]:
         problems = super().check()

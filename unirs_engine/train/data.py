@@ -123,12 +123,12 @@ class InstructionDataset(SkippingDataset):
             raise SampleError(f"{where}: no answer to train on")
         # Without the CEM (paper IV-E2) a pair is spliced like a 2-frame video; its dates are read
         # one by one, as the engine reads a sequence request, and keep the change tag and instruction.
-        as_frames = self.pair_as_frames and sample.kind is InputKind.PAIR
+        kind = self.modality(index)    # how the slots are built
+        as_frames = kind is not sample.kind
         try:
             chips = read_frame_stack(sample.images) if as_frames else read_chips(sample, self.num_frames)
         except (ValueError, OSError) as exc:
             raise SampleError(f"{where}: {exc}") from exc
-        kind = InputKind.SEQUENCE if as_frames else sample.kind    # how the slots are built
         n_slots = len(chips) if kind is InputKind.SEQUENCE else 1
         clue = self.clues[sample.sample_id] if self.clues is not None else None
         message = prompts.user_message(sample.kind, sample.instruction, n_slots, clue,
@@ -138,6 +138,12 @@ class InstructionDataset(SkippingDataset):
         return {"kind": kind, "sample_id": sample.sample_id,
                 "pixel_values": self.preprocessor(chips),                     # (N, 3, S, S)
                 "input_ids": ids, "labels": labels}
+
+    def modality(self, index: int) -> InputKind:
+        """How item `index` goes into the LLM, known without reading it: a pair is a sequence of
+        two frames when `pair_as_frames`, any other sample is of its own kind."""
+        kind = self.samples[self.items[index][0]].kind
+        return InputKind.SEQUENCE if self.pair_as_frames and kind is InputKind.PAIR else kind
 
     def _truncate(self, ids: list[int], labels: list[int], where: str) -> tuple[list[int], list[int]]:
         """Cut the tail so that the spliced length fits `max_length`; never cut into a slot."""
@@ -177,6 +183,11 @@ def read_spec(spec) -> list[Sample]:
 def collate(items: list[dict[str, Any]]) -> dict[str, list]:
     """Lists, not stacks: items hold different numbers of images and tokens."""
     return {key: [item[key] for item in items] for key in items[0]}
+
+
+def modality_groups(mixture: ConcatDataset) -> list[InputKind]:
+    """Each item's InstructionDataset.modality, in the mixture's order (for loop.GroupedSampler)."""
+    return [part.modality(i) for part in mixture.datasets for i in range(len(part))]
 
 
 def build_mixture(specs: Sequence[Any], make_dataset: Callable[[Any], Dataset]) -> ConcatDataset:

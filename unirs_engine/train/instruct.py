@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import ConcatDataset
 
 from ..inputs.preprocess import ImagePreprocessor
 from ..model.checkpoint import load_checkpoint, save_checkpoint
@@ -17,7 +18,7 @@ from ..model.unirs import UniRSModel
 from ..types import CEM_PAIR
 from . import loop
 from .config import AlignConfig, ConfigError, InstructConfig, save_config
-from .data import build_mixture, collate, instruction_dataset
+from .data import build_mixture, collate, instruction_dataset, modality_groups
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -47,16 +48,24 @@ def tokens_per_slot(model: UniRSModel) -> int:
     return math.ceil(model.vision_tower.grid / 2) ** 2
 
 
+def vlm_mixture(config: InstructConfig | AlignConfig, model: UniRSModel, tokenizer, image_processor, *,
+                task_tag: bool, skip_log: Path | None = None) -> ConcatDataset:
+    """The training items of `config.data`, as the model will splice them."""
+    preprocessor = ImagePreprocessor.for_config(image_processor, model.config)
+    return build_mixture(config.data, lambda spec: instruction_dataset(
+        spec, tokenizer, preprocessor, tokens_per_slot=tokens_per_slot(model),
+        max_length=config.max_length, num_frames=config.num_frames, task_tag=task_tag,
+        skip_log=skip_log))
+
+
 def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSModel, tokenizer,
               image_processor, *, train_vision: bool, task_tag: bool, resume: str | Path | None) -> Path:
     """The LLM-loss training both instruct and align run; writes out/checkpoint and returns it."""
     out = loop.prepare_out(config, accelerator)
-    preprocessor = ImagePreprocessor.for_config(image_processor, model.config)
-    dataset = build_mixture(config.data, lambda spec: instruction_dataset(
-        spec, tokenizer, preprocessor, tokens_per_slot=tokens_per_slot(model),
-        max_length=config.max_length, num_frames=config.num_frames, task_tag=task_tag,
-        skip_log=out / "skipped.jsonl"))
-    loader = loop.make_loader(dataset, config, collate)
+    dataset = vlm_mixture(config, model, tokenizer, image_processor, task_tag=task_tag,
+                          skip_log=out / "skipped.jsonl")
+    loader = loop.make_loader(dataset, config, collate,
+                             groups=modality_groups(dataset) if config.group_by_modality else None)
     step_module, optimizer, scheduler, loader, params = loop.prepare_adamw_cosine(
         config, accelerator, MultimodalLoss(model, train_vision), loader)
     if accelerator.is_main_process:

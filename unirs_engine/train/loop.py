@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +61,40 @@ class SeededSampler(torch.utils.data.Sampler[int]):
         return self.size
 
 
-def make_loader(dataset: Dataset, config: StageConfig, collate_fn: Callable | None) -> DataLoader:
-    """Shuffled by (seed, epoch) only; accelerate's loader.set_epoch reaches the sampler."""
-    return DataLoader(dataset, batch_size=config.batch_size, sampler=SeededSampler(len(dataset), config.seed),
+class GroupedSampler(SeededSampler):
+    """A SeededSampler whose batches each hold one group (say, images or videos), so that short
+    image prompts are not padded to a video's length (LLaVA's modality-length grouping).
+
+    The members of each group are shuffled and cut into batches, the batches shuffled; the groups'
+    leftovers (fewer than a batch each) make the last, mixed batches."""
+
+    def __init__(self, groups: Sequence[Hashable], batch_size: int, seed: int) -> None:
+        super().__init__(len(groups), seed)
+        self.groups, self.batch_size = list(groups), batch_size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        members: dict[Hashable, list[int]] = {}  # first-seen order, so the result is reproducible
+        for index in torch.randperm(self.size, generator=generator).tolist():
+            members.setdefault(self.groups[index], []).append(index)
+        size = self.batch_size
+        batches, leftovers = [], []
+        for indexes in members.values():
+            full = len(indexes) - len(indexes) % size
+            batches += [indexes[start:start + size] for start in range(0, full, size)]
+            leftovers += indexes[full:]
+        order = torch.randperm(len(batches), generator=generator).tolist()
+        # every batch before the leftovers is full, so the loader's batches are these lists
+        return iter([index for b in order for index in batches[b]] + leftovers)
+
+
+def make_loader(dataset: Dataset, config: StageConfig, collate_fn: Callable | None,
+                groups: Sequence[Hashable] | None = None) -> DataLoader:
+    """Shuffled by (seed, epoch) only; accelerate's loader.set_epoch reaches the sampler. `groups`
+    (one per item): batches of one group each (GroupedSampler)."""
+    sampler = (SeededSampler(len(dataset), config.seed) if groups is None
+               else GroupedSampler(groups, config.batch_size, config.seed))
+    return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                       collate_fn=collate_fn, num_workers=config.num_workers,
                       # worker seeds drawn from here, not from the global RNG that dropout uses
                       generator=torch.Generator().manual_seed(config.seed))
