@@ -26,11 +26,9 @@ _TURNS = tuple((form, yes) for yes in (True, False) for form in COMPARE)
 
 
 def read_count_questions(root: str | Path, split: str = "train", *, on_error: str = "raise",
-                         per_image: int = 4, seed: int = 0, closest: bool = False) -> list[Sample]:
+                         per_image: int = 4, seed: int = 0) -> list[Sample]:
     """`per_image` comparison Samples per image of `split` (RSVQA-LR layout under `root`), in
-    the form of read_rsvqa's; an image's questions depend on `seed` and its id only. `closest`:
-    each about two kinds whose counts are nearest among those that give its answer (counts one
-    apart asked "equal", equal counts asked "more"), where comparisons are hardest."""
+    the form of read_rsvqa's; an image's questions depend on `seed` and its id only."""
     check_on_error(on_error)
     if per_image < 1:
         raise ValueError(f"per_image must be >= 1, got {per_image}")
@@ -57,7 +55,7 @@ def read_count_questions(root: str | Path, split: str = "train", *, on_error: st
         by_kind = dict(zip(COUNTED, counts.tolist()))
         for k in range(per_image):
             form, yes = _TURNS[(n * per_image + k) % len(_TURNS)]
-            kind, question, answer = comparison(by_kind, rng, yes, forms=(form,), closest=closest)
+            kind, question, answer = comparison(by_kind, rng, yes, forms=(form,))
             samples.append(Sample(
                 sample_id=f"counts-{record['id']}-{k}",
                 kind=InputKind.IMAGE,

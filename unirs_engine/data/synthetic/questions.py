@@ -47,19 +47,15 @@ def _comparison(scene: Scene, rng: np.random.Generator, want_yes: bool) -> tuple
 
 
 def comparison(counts: Mapping[str, int], rng: np.random.Generator, want_yes: bool,
-               forms: Sequence[str] = tuple(COMPARE), closest: bool = False) -> tuple[str, str, str]:
+               forms: Sequence[str] = tuple(COMPARE)) -> tuple[str, str, str]:
     """A ("comp", question, answer) comparing two kinds of NOUNS by their `counts`, of one of `forms`
-    ("more", "less", "equal"), answered "yes" when `want_yes` and some pair of kinds allows it;
-    `closest`: only among the pairs whose counts are nearest (the hardest to tell apart)."""
+    ("more", "less", "equal"), answered "yes" when `want_yes` and some pair of kinds allows it."""
     options = []
     for (a, b), how in itertools.product(itertools.permutations(NOUNS, 2), forms):
         na, nb = counts[a], counts[b]
         yes = na > nb if how == "more" else na < nb if how == "less" else na == nb
         options.append((yes, a, b, how))
     matching = [o for o in options if o[0] == want_yes] or options
-    if closest:
-        nearest = min(abs(counts[a] - counts[b]) for _, a, b, _ in matching)
-        matching = [o for o in matching if abs(counts[o[1]] - counts[o[2]]) == nearest]
     yes, a, b, how = matching[int(rng.integers(len(matching)))]
     return "comp", COMPARE[how].format(a=NOUNS[a][1], b=NOUNS[b][1]), "yes" if yes else "no"
 
