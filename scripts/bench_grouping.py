@@ -5,8 +5,9 @@
         [--set key=value ...] [--batches 16] [--json PATH]
 
 The first `--batches` batches of epoch 0 of both orders are read (untimed), then trained on in turn,
-mixed and grouped interleaved so that a change of machine load hits both: the LLM's forward,
-backward and AdamW step on the frozen tower's slots, as `unirs train instruct` runs them.
+mixed and grouped interleaved so that a change of machine load hits both. A step is what `unirs
+train instruct` does with a batch it has read: the frozen tower's forward, then the LLM's forward,
+backward and AdamW step. Reading and decoding the pictures is left out: grouping does not change it.
 
 tokens  LLM positions per step, padding included: mixed / grouped
 step    seconds per optimizer step: mixed / grouped (the projected epoch times are beside it)
