@@ -28,16 +28,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from unirs_engine.model.checkpoint import load_checkpoint  # noqa: E402
-from unirs_engine.prompts import IMAGE_TOKEN_INDEX  # noqa: E402
 from unirs_engine.train import loop  # noqa: E402
 from unirs_engine.train.config import load_config  # noqa: E402
-from unirs_engine.train.data import collate, modality_groups  # noqa: E402
+from unirs_engine.train.data import collate, modality_groups, spliced_length  # noqa: E402
 from unirs_engine.train.instruct import MultimodalLoss, tokens_per_slot, vlm_mixture  # noqa: E402
 
 
 def positions(batch: dict, per_slot: int) -> int:
     """LLM positions of a batch: its longest spliced sequence times its size."""
-    lengths = [len(ids) + ids.count(IMAGE_TOKEN_INDEX) * (per_slot - 1) for ids in batch["input_ids"]]
+    lengths = [spliced_length(ids, per_slot) for ids in batch["input_ids"]]
     return max(lengths) * len(lengths)
 
 

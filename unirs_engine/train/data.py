@@ -32,6 +32,11 @@ class SkippedSampleWarning(UserWarning):
     """A training sample was skipped (unreadable, or too long to fit)."""
 
 
+def spliced_length(ids: list[int], tokens_per_slot: int) -> int:
+    """The LLM positions of token `ids` once every `<image>` placeholder is `tokens_per_slot` long."""
+    return len(ids) + ids.count(prompts.IMAGE_TOKEN_INDEX) * (tokens_per_slot - 1)
+
+
 def read_chips(sample: Sample, num_frames: int) -> list[Chip]:
     """The sample's pictures, read as the engine reads a request (stages.read_inputs): [image],
     [before, after] on one grid, or up to `num_frames` frames."""
@@ -147,14 +152,14 @@ class InstructionDataset(SkippingDataset):
 
     def _truncate(self, ids: list[int], labels: list[int], where: str) -> tuple[list[int], list[int]]:
         """Cut the tail so that the spliced length fits `max_length`; never cut into a slot."""
-        n_slots = ids.count(prompts.IMAGE_TOKEN_INDEX)
-        excess = len(ids) + n_slots * (self.tokens_per_slot - 1) - self.max_length
+        length = spliced_length(ids, self.tokens_per_slot)
+        excess = length - self.max_length
         if excess <= 0:
             return ids, labels
         keep = len(ids) - excess
         last_slot = len(ids) - 1 - ids[::-1].index(prompts.IMAGE_TOKEN_INDEX)
         if keep <= last_slot or all(label == prompts.IGNORE_INDEX for label in labels[:keep]):
-            raise SampleError(f"{where}: {len(ids) + n_slots * (self.tokens_per_slot - 1)} tokens do "
+            raise SampleError(f"{where}: {length} tokens do "
                               f"not fit max_length {self.max_length} with any of the answer left")
         return ids[:keep], labels[:keep]
 
