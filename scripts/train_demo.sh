@@ -83,7 +83,7 @@ stage cem configs/demo-cem.json "$RUN/cem" \
   --set "model=$RUN/align/checkpoint" --set "data.root=$DATA/levircc"
 stage instruct configs/demo-instruct.json "$RUN/instruct" \
   --set "model=$RUN/cem/checkpoint" --set "data.0.root=$DATA/rsvqa" \
-  --set "data.1.root=$DATA/levircc" --set "data.2.root=$DATA/era"
+  --set "data.1.root=$DATA/levircc" --set "data.2.root=$DATA/era" --set "data.3.root=$DATA/rsvqa"
 # The review's change score: a small head on the frozen tower (a copy of instruct's checkpoint + change_score/).
 stage change-score configs/demo-change-score.json "$RUN/change-score" \
   --set "model=$RUN/instruct/checkpoint" --set "data.root=$DATA/levircc"
