@@ -270,7 +270,8 @@ def test_geochat_one_sample_per_turn_and_bad_records(tmp_path):
 # --- registry -------------------------------------------------------------------------------------
 
 def test_registry_tasks_and_bad_arguments(tmp_path):
-    assert TASKS == ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat", "synthetic", "synthetic-comparisons")
+    assert TASKS == ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat", "synthetic", "synthetic-comparisons",
+                     "synthetic-counts")
     with pytest.raises(ValueError, match="unknown dataset task 'coco'"):
         load_samples("coco", tmp_path)
     with pytest.raises(ValueError, match="on_error"):

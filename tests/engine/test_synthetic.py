@@ -401,6 +401,33 @@ def test_more_comparisons_refuse_images_without_counts(bench, tmp_path):
         load_samples("synthetic-comparisons", root, split="train", per_image=0)
 
 
+def test_how_many_questions_for_training_are_right_and_take_turns_over_the_kinds(bench):
+    from unirs_engine.data.synthetic.object_counts import COUNTED, read_counts
+
+    root = bench / "rsvqa"
+    extra = load_samples("synthetic-counts", root, split="train", per_image=3)
+    assert len(extra) == 16 * 3 and len({s.sample_id for s in extra}) == len(extra)
+    train_images = {s.images[0] for s in load_samples("rsvqa-lr", root, split="train")}
+    assert {s.images[0] for s in extra} == train_images
+    asked = Counter()
+    for sample in extra:
+        question, suffix = sample.instruction.split("\n")
+        assert suffix == prompts.SHORT_ANSWER_SUFFIX and sample.kind is InputKind.IMAGE
+        count = dict(zip(COUNTED, read_counts(sample.images[0]).tolist()))
+        assert sample.references == [_answer_from_counts(question, count)], (sample.images[0], question)
+        assert sample.meta["question_type"] == "count"
+        asked[question] += 1
+    # 48 questions over 6 kinds, in turn: every kind 8 times, never twice about one image.
+    assert sorted(asked.values()) == [8] * len(COUNTED), asked
+    assert all(len({s.instruction for s in extra if s.images[0] == image}) == 3 for image in train_images)
+    test_images = {s.images[0] for s in load_samples("synthetic-counts", root, split="test")}
+    assert test_images and not test_images & train_images
+    with pytest.raises(ValueError, match="per_image must be <= 6"):
+        load_samples("synthetic-counts", root, split="train", per_image=7)
+    with pytest.raises(ValueError, match="per_image must be >= 1"):
+        load_samples("synthetic-counts", root, split="train", per_image=0)
+
+
 def test_writing_landcover_and_counts_leaves_every_other_file_as_it_was(bench, tmp_path, monkeypatch):
     from unirs_engine.data.synthetic import writer
 

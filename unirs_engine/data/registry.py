@@ -10,10 +10,12 @@ from .era import read_era
 from .geochat import read_geochat
 from .levircc import read_levircc
 from .rsvqa import read_rsvqa
-from .synthetic.count_questions import read_count_questions
+from .synthetic.count_questions import read_count_questions, read_how_many_questions
 
-# "synthetic-comparisons": training only, more comparisons about synthetic RSVQA images (count_questions.py)
-TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat", "synthetic", "synthetic-comparisons")
+# "synthetic-comparisons", "synthetic-counts": training only, more comparisons / "How many ...?" about
+# synthetic RSVQA images (count_questions.py)
+TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat", "synthetic", "synthetic-comparisons",
+         "synthetic-counts")
 
 # Sub-folders the synthetic generator writes, and the options each of their readers accepts.
 SYNTHETIC_PARTS = {"rsvqa": "rsvqa", "levir-cc": "levircc", "era": "era"}
@@ -42,6 +44,8 @@ def load_samples(task: str, root: str | Path, split: str = "test", on_error: str
         return _load_synthetic(root, split, on_error, opts)
     if task == "synthetic-comparisons":
         return read_count_questions(root, split, on_error=on_error, **opts)
+    if task == "synthetic-counts":
+        return read_how_many_questions(root, split, on_error=on_error, **opts)
     raise ValueError(f"unknown dataset task {task!r}; expected one of {', '.join(TASKS)}")
 
 

@@ -12,7 +12,7 @@ import argparse
 from ..argtypes import CommandError, add_model_arguments, key_value, positive_int
 from .config import STAGES, load_config
 
-CLUE_TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat", "synthetic-comparisons")
+CLUE_TASKS = ("rsvqa-lr", "rsvqa-hr", "levir-cc", "era", "geochat", "synthetic-comparisons", "synthetic-counts")
 
 
 def register(subparsers) -> None:

@@ -62,4 +62,9 @@ def comparison(counts: Mapping[str, int], rng: np.random.Generator, want_yes: bo
 
 def _count(scene: Scene, rng: np.random.Generator) -> tuple[str, str, str]:
     kind = "building" if rng.random() < 0.5 else list(NOUNS)[int(rng.integers(len(NOUNS)))]
-    return "count", f"How many {NOUNS[kind][1]} are there?", str(scene.count(kind))
+    return how_many({kind: scene.count(kind)}, kind)
+
+
+def how_many(counts: Mapping[str, int], kind: str) -> tuple[str, str, str]:
+    """The ("count", question, answer) asking how many objects of `kind` (of NOUNS) `counts` has."""
+    return "count", f"How many {NOUNS[kind][1]} are there?", str(counts[kind])
