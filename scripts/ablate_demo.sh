@@ -52,32 +52,39 @@ done
 if [[ ${SMOKE:-0} == 1 && ! -f "$DATA/manifest.json" ]]; then
   echo "== tiny synthetic benchmark -> $DATA"
   unirs synth --out "$DATA" --seed 1 --images 8 --pairs 8 --videos 6 --size 256 --splits 0.5 0 0.5 --quiet
+  unirs synth --out "$DATA/more-videos" --seed 2 --images 0 --pairs 0 --videos 6 --size 256 --splits 1 0 0 \
+    --quiet
 fi
 
 # The runs' data, from the demo mixture of $CONFIG with roots under $DATA:
 #   helper plan VARIANT -> two lines: the run's `data` (JSON) and its optimizer steps
-#   helper clues        -> one line per dataset: TASK ROOT [--option KEY=VALUE ...]
+#   helper clues        -> one line per dataset: NAME TASK ROOT [--option KEY=VALUE ...], NAME names its
+#                          clue file (one task may be listed twice, e.g. era and more-videos/era)
 HELPER='
 import json, math, sys
 from unirs_engine.train.config import DatasetSpec
 from unirs_engine.train.data import read_spec
 
 config, data, clues, steps, mode, *variant = sys.argv[1:]
-folder = {"rsvqa-lr": "rsvqa", "synthetic-comparisons": "rsvqa", "levir-cc": "levircc", "era": "era"}
-joint = [{**d, "root": data + "/" + folder[d["task"]]} for d in json.load(open(config))["data"]]
+# roots in the config are under runs/demo/data (train_demo.sh): the same folders under $DATA here
+joint = [{**d, "root": data + "/" + d["root"].removeprefix("runs/demo/data/"), "name": str(i) + "-" + d["task"]}
+         for i, d in enumerate(json.load(open(config))["data"])]
 if mode == "clues":
     for d in joint:
-        print(d["task"], d["root"], *(f"--option {k}={json.dumps(v)}" for k, v in d.get("options", {}).items()))
+        print(d["name"], d["task"], d["root"],
+              *(f"--option {k}={json.dumps(v)}" for k, v in d.get("options", {}).items()))
     sys.exit()
 variant = variant[0]
-only = {"rsvqa": {"rsvqa-lr", "synthetic-comparisons"}, "levircc": {"levir-cc"}, "era": {"era"},
-        "levircc-nocem": {"levir-cc"}}
+only = {"rsvqa": {"rsvqa-lr", "synthetic-comparisons", "synthetic-counts"}, "levircc": {"levir-cc"},
+        "era": {"era"}, "levircc-nocem": {"levir-cc"}}
 specs = [dict(d) for d in joint if d["task"] in only.get(variant, {d["task"]})]
 for d in specs:
     if variant.endswith("-nocem") and d["task"] == "levir-cc":
         d["pair_as_frames"] = True
     if variant == "joint-clue":
-        d["clues"] = clues + "/" + d["task"] + ".jsonl"
+        d["clues"] = clues + "/" + d["name"] + ".jsonl"
+for d in joint + specs:
+    del d["name"]
 
 def items(specs):  # training items, counted as the instruct stage counts them
     total = 0
@@ -99,12 +106,12 @@ resume_args() {  # the newest state-<step> of a run folder, as --resume argument
 }
 
 write_clues() {  # the base VLM's clue for every training sample (resumable)
-  local task root options
-  while read -r task root options; do
-    echo "== clues: $task"
+  local name task root options
+  while read -r name task root options; do
+    echo "== clues: $task ($root)"
     # shellcheck disable=SC2086
     unirs clues --model "$BASE" --task "$task" --data "$root" --split train \
-      --out "$CLUES/$task.jsonl" --batch-size 16 $options
+      --out "$CLUES/$name.jsonl" --batch-size 16 $options
   done < <(helper clues)
 }
 

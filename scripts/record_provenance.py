@@ -2,11 +2,11 @@
 
 config.json's `_name_or_path` becomes the model id (answers, GeoPackage features, the dock's engine
 line and eval reports show it instead of the folder name), and `training.json` records the git
-commit, the seed, the synthetic benchmark's arguments and sizes, each stage's seconds and the
-machine it ran on.
+commit, the seed, the synthetic benchmark's arguments and sizes (and those of the instruct stage's
+more videos under data/more-videos), each stage's seconds and the machine it ran on.
 
     python scripts/record_provenance.py CHECKPOINT --run RUN --model-id ID --commit SHA --dirty N
-        --seed S --synth "ARGS"
+        --seed S --synth "ARGS" [--more-videos "ARGS"]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> None:
     p.add_argument("--dirty", type=int, required=True, help="tracked files changed at launch")
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--synth", required=True, help="the `unirs synth` arguments after --seed")
+    p.add_argument("--more-videos", help="the `unirs synth` arguments of data/more-videos, if any")
     args = p.parse_args()
 
     config_path = args.checkpoint / "config.json"
@@ -47,7 +48,10 @@ def main() -> None:
 
     data = args.run / "data"
     manifest = json.loads((data / "manifest.json").read_text())
-    stage_seconds = {"synth": seconds_of(data)} | {s: seconds_of(args.run / s) for s in STAGES}
+    stage_seconds = {"synth": seconds_of(data)}
+    if args.more_videos:
+        stage_seconds["more-videos"] = seconds_of(data / "more-videos")
+    stage_seconds |= {s: seconds_of(args.run / s) for s in STAGES}
     provenance = {
         "model_id": args.model_id,
         "git_commit": args.commit,
@@ -55,6 +59,7 @@ def main() -> None:
         "seed": args.seed,
         "synth": f"unirs synth --seed {args.seed} {args.synth}",
         "data_counts": manifest["counts"],
+        **(_more_videos(data / "more-videos", args.more_videos) if args.more_videos else {}),
         "stage_seconds": stage_seconds,
         "total_seconds": sum(v for v in stage_seconds.values() if v),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available()
@@ -66,6 +71,12 @@ def main() -> None:
     (args.checkpoint / "training.json").write_text(json.dumps(provenance, indent=2) + "\n")
     print(f"{args.checkpoint}: model id {args.model_id}, {provenance['total_seconds']} s of training "
           f"recorded, commit {args.commit[:10]}")
+
+
+def _more_videos(folder: Path, synth_args: str) -> dict:
+    """The record of the extra event videos: how they were written and how many of each class."""
+    era = json.loads((folder / "manifest.json").read_text())["counts"]["era"]
+    return {"more_videos": {"synth": f"unirs synth {synth_args}", "videos": era["videos"], "classes": era["classes"]}}
 
 
 if __name__ == "__main__":
