@@ -355,21 +355,31 @@ def test_object_counts_beside_every_image_and_pair_date_answer_its_questions(ben
     assert asked == {"count": 16, "comp": 32}
 
 
-def test_more_comparisons_for_training_are_right_balanced_and_only_of_their_split(bench):
+def _questions_answered_from_counts(samples: list, question_type: str, train_images: set[str]) -> list[str]:
+    """The questions of training `samples` about every one of `train_images`, each checked to be
+    of `question_type`, in rsvqa-lr's prompt form, and answered right from its image's counts."""
     from unirs_engine.data.synthetic.object_counts import COUNTED, read_counts
 
-    root = bench / "rsvqa"
-    extra = load_samples("synthetic-comparisons", root, split="train", per_image=6)
-    assert len(extra) == 16 * 6 and len({s.sample_id for s in extra}) == len(extra)
-    train_images = {s.images[0] for s in load_samples("rsvqa-lr", root, split="train")}
-    assert {s.images[0] for s in extra} == train_images
-    forms = Counter()
-    for sample in extra:
+    assert len({s.sample_id for s in samples}) == len(samples)
+    assert {s.images[0] for s in samples} == train_images
+    questions = []
+    for sample in samples:
         question, suffix = sample.instruction.split("\n")
         assert suffix == prompts.SHORT_ANSWER_SUFFIX and sample.kind is InputKind.IMAGE
         count = dict(zip(COUNTED, read_counts(sample.images[0]).tolist()))
         assert sample.references == [_answer_from_counts(question, count)], (sample.images[0], question)
-        assert sample.meta["question_type"] == "comp"
+        assert sample.meta["question_type"] == question_type
+        questions.append(question)
+    return questions
+
+
+def test_more_comparisons_for_training_are_right_balanced_and_only_of_their_split(bench):
+    root = bench / "rsvqa"
+    extra = load_samples("synthetic-comparisons", root, split="train", per_image=6)
+    train_images = {s.images[0] for s in load_samples("rsvqa-lr", root, split="train")}
+    assert len(extra) == 16 * 6
+    forms = Counter()
+    for sample, question in zip(extra, _questions_answered_from_counts(extra, "comp", train_images)):
         form = "equal" if question.startswith("Is the number") else question.split()[2]
         forms[form, sample.references[0]] += 1
     # The writer asks "equal ... yes" about one question in ten; here about one in six.
@@ -402,21 +412,13 @@ def test_more_comparisons_refuse_images_without_counts(bench, tmp_path):
 
 
 def test_how_many_questions_for_training_are_right_and_take_turns_over_the_kinds(bench):
-    from unirs_engine.data.synthetic.object_counts import COUNTED, read_counts
+    from unirs_engine.data.synthetic.object_counts import COUNTED
 
     root = bench / "rsvqa"
     extra = load_samples("synthetic-counts", root, split="train", per_image=3)
-    assert len(extra) == 16 * 3 and len({s.sample_id for s in extra}) == len(extra)
     train_images = {s.images[0] for s in load_samples("rsvqa-lr", root, split="train")}
-    assert {s.images[0] for s in extra} == train_images
-    asked = Counter()
-    for sample in extra:
-        question, suffix = sample.instruction.split("\n")
-        assert suffix == prompts.SHORT_ANSWER_SUFFIX and sample.kind is InputKind.IMAGE
-        count = dict(zip(COUNTED, read_counts(sample.images[0]).tolist()))
-        assert sample.references == [_answer_from_counts(question, count)], (sample.images[0], question)
-        assert sample.meta["question_type"] == "count"
-        asked[question] += 1
+    assert len(extra) == 16 * 3
+    asked = Counter(_questions_answered_from_counts(extra, "count", train_images))
     # 48 questions over 6 kinds, in turn: every kind 8 times, never twice about one image.
     assert sorted(asked.values()) == [8] * len(COUNTED), asked
     assert all(len({s.instruction for s in extra if s.images[0] == image}) == 3 for image in train_images)
