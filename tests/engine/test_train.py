@@ -346,6 +346,59 @@ def test_resumed_run_ends_on_the_same_weights(tiny_checkpoint, datasets, tmp_pat
     assert losses(tmp_path / "resumed") == losses(tmp_path / "whole")[3:]
 
 
+def test_cached_tower_features_train_as_the_pixels_do(tiny_checkpoint, datasets, tmp_path):
+    from unirs_engine.train.instruct import train_instruct
+
+    args = ("batch_size=2", "max_steps=6", "group_by_modality=true")
+    plain = train_instruct(instruct_config(tmp_path / "plain", tiny_checkpoint, datasets, *args))
+    cached = train_instruct(instruct_config(tmp_path / "cached", tiny_checkpoint, datasets, *args,
+                                            "cache_vision_features=true"))
+    # The same features, encoded in other batches: equal up to float rounding (which AdamW's
+    # normalised steps carry into the weights, so those agree to 1 % of how far training moved them).
+    assert losses(tmp_path / "cached") == pytest.approx(losses(tmp_path / "plain"), rel=1e-4)
+    start, a, b = tensors(tiny_checkpoint / "llm"), tensors(plain / "llm"), tensors(cached / "llm")
+    for key in a:
+        assert (a[key] - b[key]).abs().max() <= 0.01 * (a[key] - start[key]).abs().max(), key
+
+
+def test_the_cache_encodes_each_input_once_and_items_name_it(loaded, datasets, tmp_path):
+    from accelerate import Accelerator
+
+    from unirs_engine.train.feature_cache import cache_tower_features
+
+    specs = [DatasetSpec(**spec) for spec in mixture(datasets, repeats=(3, 2, 2))]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    good = str(datasets["rsvqa"] / "Images_LR" / "0.tif")
+    extra = make_dataset(loaded, [Sample("again", InputKind.IMAGE, [good], "Is it urban?", ["no"]),
+                                  Sample("bad", InputKind.SEQUENCE, [], "Event?", ["flood"], video=str(broken))])
+    data = build_mixture(specs, lambda spec: instruction_dataset(
+        spec, loaded.tokenizer, ImagePreprocessor(loaded.image_processor, "pad"), tokens_per_slot=4,
+        max_length=4096, num_frames=4))
+    data = torch.utils.data.ConcatDataset([*data.datasets, extra])
+    pixels = {data.datasets[0].input_key(0): data.datasets[0].read_pixels(0)}
+    features = cache_tower_features(loaded.model, data, Accelerator(cpu=True), num_workers=0, frames_per_batch=3)
+    # 2 images, 2 pairs, 2 videos of 4 frames; "again" asks about image 0, the broken video is left out
+    assert sorted(f.shape[0] for f in features.values()) == [1, 1, 2, 2, 4, 4]
+    key, image = next(iter(pixels.items()))
+    torch.testing.assert_close(features[key], loaded.model.encode_images(image).detach())
+    items = [data[i] for i in range(len(data) - 1)]
+    assert all("pixel_values" not in item and item["feature_key"] in features for item in items)
+    assert extra[0]["feature_key"] == key
+    video = next(item for item in items if item["kind"] is InputKind.SEQUENCE)
+    assert video["input_ids"].count(prompts.IMAGE_TOKEN_INDEX) == 4   # a slot per cached frame
+    with pytest.warns(SkippedSampleWarning, match=r"sample 'bad' \(.*broken\.mp4"):
+        assert extra[1]["sample_id"] == "again"    # reported, and the next item given instead
+
+
+def test_cached_features_need_a_frozen_tower(tmp_path):
+    overrides = [f"out={tmp_path}", "model_spec=" + json.dumps(TINY_SPEC), "data=" + json.dumps(
+        [{"task": "era", "root": str(tmp_path)}]), "cache_vision_features=true"]
+    with pytest.raises(ConfigError, match="cache_vision_features: needs a frozen tower"):
+        load_config("align", None, overrides)
+    load_config("align", None, [*overrides, "train_vision=false"])
+
+
 def test_cem_pretraining_from_a_plain_vila_checkpoint(datasets, tmp_path):
     from unirs_engine.testing.tiny import build_tiny_vila_checkpoint
     from unirs_engine.train.cem_pretrain import train_cem

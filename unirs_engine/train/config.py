@@ -88,6 +88,7 @@ class InstructConfig(StageConfig):
     image_aspect_ratio: str | None = None  # "pad" (UniRS) / "resize" (VILA-1.5); None keeps the model's
     drop_change_module: bool = False  # start without the checkpoint's CEM ("without CEM" ablation)
     group_by_modality: bool = False  # batches of images, pairs or videos only: less padding, faster
+    cache_vision_features: bool = False  # encode each distinct input once (feature_cache.py): faster, memory
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -145,10 +146,13 @@ class AlignConfig(StageConfig):
     num_frames: int = 8
     warmup_ratio: float = 0.03
     group_by_modality: bool = False  # as InstructConfig's
+    cache_vision_features: bool = False  # as InstructConfig's; only with train_vision false
 
     def check(self) -> list[str]:
         problems = super().check()
         problems += _check_data(self.data)
+        if self.cache_vision_features and self.train_vision:
+            problems.append("cache_vision_features: needs a frozen tower (train_vision false)")
         if self.vocab_size < 100:
             problems.append(f"vocab_size: must be >= 100, got {self.vocab_size}")
         if self.max_length < 16:

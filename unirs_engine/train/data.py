@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from .. import prompts
@@ -90,7 +91,8 @@ class SkippingDataset(Dataset):
 
 
 class InstructionDataset(SkippingDataset):
-    """Items {kind, sample_id, pixel_values (N,3,S,S), input_ids, labels} for the LLM loss.
+    """Items {kind, sample_id, pixel_values (N,3,S,S), input_ids, labels} for the LLM loss; once
+    `cached` is set (feature_cache.py), `feature_key` (the input's key) instead of pixel_values.
 
     `tokens_per_slot` (T) is what one `<image>` becomes after splicing, so `max_length` counts the
     real sequence length; only answer tokens are ever truncated, never a visual slot.
@@ -111,6 +113,7 @@ class InstructionDataset(SkippingDataset):
         self.tokenizer, self.preprocessor = tokenizer, preprocessor
         self.tokens_per_slot, self.max_length, self.num_frames = tokens_per_slot, max_length, num_frames
         self.clues, self.task_tag, self.pair_as_frames = clues, task_tag, pair_as_frames
+        self.cached = None  # feature_cache.CachedInputs, set when the tower's features are cached
         if clues is not None:
             missing = [s.sample_id for s in self.samples if s.sample_id not in clues]
             if missing:
@@ -126,23 +129,40 @@ class InstructionDataset(SkippingDataset):
         where = f"sample {sample.sample_id!r} ({sample_source(sample)})"
         if j >= len(sample.references) or not sample.references[j].strip():
             raise SampleError(f"{where}: no answer to train on")
-        # Without the CEM (paper IV-E2) a pair is spliced like a 2-frame video; its dates are read
-        # one by one, as the engine reads a sequence request, and keep the change tag and instruction.
+        if self.cached is None:
+            pixels = self.read_pixels(index)                                   # (N, 3, S, S)
+            n_pictures, visual = pixels.shape[0], {"pixel_values": pixels}
+        else:
+            key = self.input_key(index)
+            if key in self.cached.unreadable:
+                raise SampleError(self.cached.unreadable[key])
+            n_pictures, visual = self.cached.frames[key], {"feature_key": key}
         kind = self.modality(index)    # how the slots are built
-        as_frames = kind is not sample.kind
-        try:
-            chips = read_frame_stack(sample.images) if as_frames else read_chips(sample, self.num_frames)
-        except (ValueError, OSError) as exc:
-            raise SampleError(f"{where}: {exc}") from exc
-        n_slots = len(chips) if kind is InputKind.SEQUENCE else 1
+        n_slots = n_pictures if kind is InputKind.SEQUENCE else 1
         clue = self.clues[sample.sample_id] if self.clues is not None else None
         message = prompts.user_message(sample.kind, sample.instruction, n_slots, clue,
                                        task_tag=self.task_tag)
         ids, labels = prompts.encode(self.tokenizer, message, sample.references[j])
         ids, labels = self._truncate(ids, labels, where)
-        return {"kind": kind, "sample_id": sample.sample_id,
-                "pixel_values": self.preprocessor(chips),                     # (N, 3, S, S)
-                "input_ids": ids, "labels": labels}
+        return {"kind": kind, "sample_id": sample.sample_id, **visual, "input_ids": ids, "labels": labels}
+
+    def read_pixels(self, index: int) -> torch.Tensor:
+        """(N, 3, S, S): the pictures of item `index` as the model takes them; SampleError if unreadable."""
+        sample = self.samples[self.items[index][0]]
+        # Without the CEM (paper IV-E2) a pair is spliced like a 2-frame video; its dates are read
+        # one by one, as the engine reads a sequence request, and keep the change tag and instruction.
+        as_frames = self.modality(index) is not sample.kind
+        try:
+            chips = read_frame_stack(sample.images) if as_frames else read_chips(sample, self.num_frames)
+        except (ValueError, OSError) as exc:
+            raise SampleError(f"sample {sample.sample_id!r} ({sample_source(sample)}): {exc}") from exc
+        return self.preprocessor(chips)
+
+    def input_key(self, index: int) -> str:
+        """Which pictures item `index` reads and how: items of one key have the same tower features."""
+        sample = self.samples[self.items[index][0]]
+        files = [sample.video] if sample.video else list(sample.images)
+        return json.dumps([sample.kind.value, self.modality(index).value, self.num_frames, files])
 
     def modality(self, index: int) -> InputKind:
         """How item `index` goes into the LLM, known without reading it: a pair is a sequence of

@@ -19,24 +19,33 @@ from ..types import CEM_PAIR
 from . import loop
 from .config import AlignConfig, ConfigError, InstructConfig, save_config
 from .data import build_mixture, collate, instruction_dataset, modality_groups
+from .feature_cache import cache_tower_features
 
 CHECKPOINT_DIR = "checkpoint"
 
 
 class MultimodalLoss(nn.Module):
-    """One training step's forward: pixels -> visual slots -> spliced sequence -> answer loss.
+    """One training step's forward: pixels (or cached tower features) -> visual slots -> spliced
+    sequence -> answer loss.
 
     The whole step sits in one forward so that DDP/DeepSpeed see every trained parameter."""
 
-    def __init__(self, model: UniRSModel, train_vision: bool) -> None:
+    def __init__(self, model: UniRSModel, train_vision: bool,
+                 features: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.model = model
         self.train_vision = train_vision
+        self.features = features  # feature_cache.cache_tower_features: {input key: (N, P, D)}
 
     def forward(self, batch: dict[str, list]) -> torch.Tensor:
-        counts = [pixels.shape[0] for pixels in batch["pixel_values"]]
         with torch.set_grad_enabled(self.train_vision and torch.is_grad_enabled()):
-            features = self.model.encode_images(torch.cat(batch["pixel_values"]))   # (sum N, P, D)
+            if "feature_key" in batch:
+                cached = [self.features[key] for key in batch["feature_key"]]
+                counts = [f.shape[0] for f in cached]
+                features = torch.cat(cached).to(self.model.llm.device)                # (sum N, P, D)
+            else:
+                counts = [pixels.shape[0] for pixels in batch["pixel_values"]]
+                features = self.model.encode_images(torch.cat(batch["pixel_values"]))  # (sum N, P, D)
             # A pair sample is a CEM pair: its prompt has one <image> (pair_as_frames makes it a sequence).
             slots = [self.model.visual_slots(f, kind, CEM_PAIR)                    # (n_slots, T, H)
                      for f, kind in zip(features.split(counts), batch["kind"])]
@@ -64,10 +73,14 @@ def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSMod
     out = loop.prepare_out(config, accelerator)
     dataset = vlm_mixture(config, model, tokenizer, image_processor, task_tag=task_tag,
                           skip_log=out / "skipped.jsonl")
+    features = None
+    if config.cache_vision_features:  # the config refuses it with a tower in training
+        features = cache_tower_features(model.to(accelerator.device), dataset, accelerator,
+                                        num_workers=config.num_workers)
     loader = loop.make_loader(dataset, config, collate,
                              groups=modality_groups(dataset) if config.group_by_modality else None)
     step_module, optimizer, scheduler, loader, params = loop.prepare_adamw_cosine(
-        config, accelerator, MultimodalLoss(model, train_vision), loader)
+        config, accelerator, MultimodalLoss(model, train_vision, features), loader)
     if accelerator.is_main_process:
         save_config(config, out / "train_config.json")
     stage = "align" if isinstance(config, AlignConfig) else "instruct"
