@@ -10,7 +10,7 @@ from .era import read_era
 from .geochat import read_geochat
 from .levircc import read_levircc
 from .rsvqa import read_rsvqa
-from .synthetic.count_questions import read_count_questions, read_how_many_questions
+from .synthetic.count_questions import read_comparison_questions, read_how_many_questions
 
 # "synthetic-comparisons", "synthetic-counts": training only, more comparisons / "How many ...?" about
 # synthetic RSVQA images (count_questions.py)
@@ -43,7 +43,7 @@ def load_samples(task: str, root: str | Path, split: str = "test", on_error: str
     if task == "synthetic":
         return _load_synthetic(root, split, on_error, opts)
     if task == "synthetic-comparisons":
-        return read_count_questions(root, split, on_error=on_error, **opts)
+        return read_comparison_questions(root, split, on_error=on_error, **opts)
     if task == "synthetic-counts":
         return read_how_many_questions(root, split, on_error=on_error, **opts)
     raise ValueError(f"unknown dataset task {task!r}; expected one of {', '.join(TASKS)}")

@@ -28,7 +28,7 @@ from ..model.vision import VisionTower
 from ..types import InputKind, Sample
 from . import loop
 from .config import CemConfig, save_config
-from .data import SampleError, SkippingDataset, read_chips, read_spec, sample_source
+from .data import SampleError, SkippingDataset, read_chips, read_spec, sample_label
 from .instruct import CHECKPOINT_DIR
 
 SPECIALS = ("<NULL>", "<UNK>", "<START>", "<END>")   # Chg2Cap's ids 0..3
@@ -147,7 +147,7 @@ class CaptionPairDataset(SkippingDataset):
         try:
             chips = read_chips(sample, num_frames=2)
         except (ValueError, OSError) as exc:
-            raise SampleError(f"sample {sample.sample_id!r} ({sample_source(sample)}): {exc}") from exc
+            raise SampleError(f"{sample_label(sample)}: {exc}") from exc
         return {"pixel_values": self.preprocessor(chips),                               # (2, 3, S, S)
                 "tokens": torch.tensor(self.vocab.encode(sample.references[j], self.length))}
 

@@ -49,6 +49,11 @@ def sample_source(sample: Sample) -> str:
     return sample.video or ", ".join(sample.images)
 
 
+def sample_label(sample: Sample) -> str:
+    """How messages name a sample: its id and the file(s) it reads."""
+    return f"sample {sample.sample_id!r} ({sample_source(sample)})"
+
+
 def load_clues(path: str | Path) -> dict[str, str]:
     """A clue file: JSON lines {"id": sample_id, "clue": text} (written by the base VLM)."""
     clues = {}
@@ -126,7 +131,7 @@ class InstructionDataset(SkippingDataset):
     def load(self, index: int) -> dict[str, Any]:
         i, j = self.items[index]
         sample = self.samples[i]
-        where = f"sample {sample.sample_id!r} ({sample_source(sample)})"
+        where = sample_label(sample)
         if j >= len(sample.references) or not sample.references[j].strip():
             raise SampleError(f"{where}: no answer to train on")
         if self.cached is None:
@@ -155,7 +160,7 @@ class InstructionDataset(SkippingDataset):
         try:
             chips = read_frame_stack(sample.images) if as_frames else read_chips(sample, self.num_frames)
         except (ValueError, OSError) as exc:
-            raise SampleError(f"sample {sample.sample_id!r} ({sample_source(sample)}): {exc}") from exc
+            raise SampleError(f"{sample_label(sample)}: {exc}") from exc
         return self.preprocessor(chips)
 
     def input_key(self, index: int) -> str:

@@ -56,7 +56,8 @@ from ..model.vision import VisionTower
 from ..types import InputKind, Sample
 from . import loop
 from .config import ConfigError, VisionConfig, save_config
-from .data import SampleError, SkippingDataset, collate, read_chips, read_spec, sample_source
+from .data import (SampleError, SkippingDataset, collate, read_chips, read_spec, sample_label,
+                   sample_source)
 
 WEIGHTS_FILE = "vision.safetensors"
 INFO_FILE = "vision.json"
@@ -159,7 +160,7 @@ class QuestionedImages(SkippingDataset):
             landcover = self.landcover_of(group[0])                                 # (N, C, G, G) or None
             counts = self.counts_of(group[0])                                       # (N, K) or None
         except (ValueError, OSError) as exc:
-            raise SampleError(f"sample {group[0].sample_id!r} ({sample_source(group[0])}): {exc}") from exc
+            raise SampleError(f"{sample_label(group[0])}: {exc}") from exc
         caption_words = torch.zeros(len(self.caption_vocab))                          # (W,)
         if group[0].kind is InputKind.PAIR:
             # Not augmented: captions name where the change is ("in the top left corner").

@@ -2,9 +2,9 @@
 
 Comparisons (task "synthetic-comparisons"): the writer asks two per image (one "yes", one "no", of
 any form), so "equal" questions answered "yes" are about one in ten, too few for the LLM to learn
-to compare two counts. read_count_questions asks `per_image` more about every image of a split of
-the synthetic RSVQA benchmark, from its counts/<stem>.npy and with the writer's templates, balanced
-over the forms "more", "less" and "equal" and their answers.
+to compare two counts. read_comparison_questions asks `per_image` more about every image of a
+split of the synthetic RSVQA benchmark, from its counts/<stem>.npy and with the writer's
+templates, balanced over the forms "more", "less" and "equal" and their answers.
 
 Counts (task "synthetic-counts"): the writer asks one "How many ...?" per image, half of them about
 buildings, so the LLM reads the other kinds' numbers less exactly than the vision tower's count head
@@ -33,8 +33,8 @@ from .questions import COMPARE, comparison, how_many
 _TURNS = tuple((form, yes) for yes in (True, False) for form in COMPARE)
 
 
-def read_count_questions(root: str | Path, split: str = "train", *, on_error: str = "raise",
-                         per_image: int = 4, seed: int = 0) -> list[Sample]:
+def read_comparison_questions(root: str | Path, split: str = "train", *, on_error: str = "raise",
+                              per_image: int = 4, seed: int = 0) -> list[Sample]:
     """`per_image` comparison Samples per image of `split` (RSVQA-LR layout under `root`), in
     the form of read_rsvqa's; an image's questions depend on `seed` and its id only."""
     samples = []
