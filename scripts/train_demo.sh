@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # The demo model recipe: synthetic benchmark (+ more videos) -> vision -> align -> cem -> instruct
 # -> change-score head -> threshold -> eval, then models/demo. Every stage resumes from its newest
 # state-<step> when rerun after a kill.
