@@ -21,6 +21,7 @@ from ..errors import UnirsError
 from ..jsonlines import read_finished
 from ..stages import clue_item, generate
 from ..types import InputKind, Sample
+from .data import sample_label
 
 
 class ClueError(UnirsError, RuntimeError):
@@ -78,6 +79,6 @@ def _generate_clues(engine: Engine, samples: list[Sample]) -> list[str]:
         try:
             chips = engine.read(request)
         except EngineError as exc:
-            raise ClueError(f"sample {s.sample_id!r} ({', '.join(map(str, request.inputs))}): {exc}") from exc
+            raise ClueError(f"{sample_label(s)}: {exc}") from exc
         items.append(clue_item(s.kind, engine.encode(chips, base)))          # features (N, P, D)
     return generate(base, items, engine.max_new_tokens)
