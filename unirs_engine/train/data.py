@@ -18,7 +18,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from .. import prompts
 from ..data import load_samples
-from ..data.synthetic.object_counts import MAX_COUNT, read_counts
+from ..data.synthetic.object_counts import MAX_COUNT, counts_path, read_counts
 from ..errors import UnirsError
 from ..inputs.preprocess import ImagePreprocessor
 from ..inputs.video import read_frame_stack
@@ -157,6 +157,10 @@ class InstructionDataset(SkippingDataset):
         if self.counts:
             item["counts"] = self.object_counts(sample)
         return item
+
+    def any_counts(self) -> bool:
+        """Whether any single image of the dataset has object counts."""
+        return any(counts_path(s.images[0]).is_file() for s in self.samples if s.kind is InputKind.IMAGE)
 
     @staticmethod
     def object_counts(sample: Sample) -> torch.Tensor | None:

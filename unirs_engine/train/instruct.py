@@ -45,6 +45,12 @@ class AnswerCountHead(nn.Module):
         return self.classify(states).unflatten(-1, (len(COUNTED), MAX_COUNT + 1))  # (M, H) -> (M, K, C)
 
 
+def answer_predictors(labels: torch.Tensor) -> torch.Tensor:
+    """(B,): in each row of `labels` (B, L), the position whose output is the answer's first token
+    (the one before the first label that is not IGNORE_INDEX)."""
+    return (labels != IGNORE_INDEX).int().argmax(1) - 1
+
+
 class MultimodalLoss(nn.Module):
     """One training step's forward: pixels (or cached tower features) -> visual slots -> spliced
     sequence -> answer loss (+ count_weight x the count head's loss on the items with counts).
@@ -82,9 +88,7 @@ class MultimodalLoss(nn.Module):
         self.losses = {"answer": out.loss.detach()}
         if not counted:
             return out.loss
-        answers = inputs["labels"][counted] != IGNORE_INDEX                     # (M, L)
-        predicting = answers.int().argmax(1) - 1  # the position whose output is the answer's first token
-        states = out.hidden_states[-1][counted, predicting]                    # (M, H)
+        states = out.hidden_states[-1][counted, answer_predictors(inputs["labels"][counted])]  # (M, H)
         logits = self.counter(states)                                          # (M, K, MAX_COUNT+1)
         targets = torch.stack([batch["counts"][i] for i in counted]).to(logits.device)  # (M, K)
         count = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
@@ -115,6 +119,9 @@ def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSMod
     out = loop.prepare_out(config, accelerator)
     dataset = vlm_mixture(config, model, tokenizer, image_processor, task_tag=task_tag,
                           counts=count_weight > 0, skip_log=out / "skipped.jsonl")
+    if count_weight > 0 and not any(part.any_counts() for part in dataset.datasets):
+        raise ConfigError("count_weight: no training image has object counts (counts/ beside the images, "
+                          "written by `unirs synth`)")
     features = None
     if config.cache_vision_features:  # the config refuses it with a tower in training
         features = cache_tower_features(model.to(accelerator.device), dataset, accelerator,
