@@ -127,6 +127,8 @@ run() {  # run VARIANT SEED: train (unless its checkpoint exists), then evaluate
     *) tasks=(rsvqa-lr levir-cc era) ;;
   esac
   [[ $variant == *-nocem ]] && extra=(--set drop_change_module=true) && eval_extra=(--pairs-as-frames)
+  # the recipe's count head reads single images' counts: a run without RSVQA has none to read
+  [[ $variant == levircc* || $variant == era ]] && extra+=(--set count_weight=0)
   [[ $variant == joint-clue ]] && eval_extra=(--clue --clue-model "$BASE")
   if [[ -d "$out/instruct/checkpoint" ]]; then
     echo "== $variant seed $seed: trained, skipping"

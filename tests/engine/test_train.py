@@ -698,3 +698,66 @@ def test_dense_weight_takes_videos_with_land_cover_alone(datasets, tmp_path):
     train_vision(dense_config(tmp_path / "run", [{"task": "era", "root": str(era)}], "dense_weight=1",
                               "max_steps=1", "batch_size=2"))
     assert [math.isfinite(p["dense"]) for p in parts(tmp_path / "run")] == [True]
+
+
+# ---- instruct: the count head --------------------------------------------------------------------
+
+def test_instruction_items_carry_a_single_images_object_counts(loaded, covered, tmp_path):
+    import shutil
+
+    from unirs_engine.data import load_samples
+    from unirs_engine.data.synthetic.object_counts import COUNTED, counts_path
+
+    rsvqa = shutil.copytree(covered[0]["root"], tmp_path / "rsvqa")
+    np.save(counts_path(rsvqa / "Images_LR" / "0.tif"), np.full(len(COUNTED), 12, np.uint8))
+    counts_path(rsvqa / "Images_LR" / "1.tif").unlink()
+    images = load_samples("rsvqa-lr", rsvqa, split="train")
+    pairs = load_samples("levir-cc", covered[1]["root"], split="train")
+    dataset = make_dataset(loaded, images + pairs, counts=True)
+    water = COUNTED.index("water")
+    assert dataset[0]["counts"].tolist() == [9] * len(COUNTED)         # more than MAX_COUNT: MAX_COUNT
+    assert dataset[1]["counts"] is None                                 # no counts written
+    assert dataset[2]["counts"].tolist() == [int(k == water) for k in range(len(COUNTED))]
+    assert dataset[4]["counts"] is None                                 # a pair: its dates' counts differ
+    assert dataset.any_counts() and not make_dataset(loaded, pairs, counts=True).any_counts()
+    assert "counts" not in make_dataset(loaded, images)[0]
+
+
+def test_the_count_head_reads_the_state_that_predicts_the_answer():
+    from unirs_engine.train.instruct import answer_predictors
+
+    ignore = prompts.IGNORE_INDEX
+    labels = torch.tensor([[ignore, ignore, ignore, 7, 8, 2],      # answer from position 3: predicted at 2
+                           [ignore, 5, 2, ignore, ignore, ignore]])  # right padding after the answer
+    assert answer_predictors(labels).tolist() == [2, 0]
+
+
+def test_instruct_count_head_learns_and_leaves_the_rest_as_before(tiny_checkpoint, covered, datasets, tmp_path):
+    from unirs_engine.train.instruct import train_instruct
+
+    # 4 images with counts, 2 pairs and 2 videos without; batches of one kind: some steps count nothing
+    args = ("data=" + json.dumps([*covered, mixture(datasets)[2]]), "batch_size=4", "max_steps=30",
+            "group_by_modality=true")
+    plain = train_instruct(instruct_config(tmp_path / "plain", tiny_checkpoint, datasets, *args))
+    counted = train_instruct(instruct_config(tmp_path / "counted", tiny_checkpoint, datasets, *args,
+                                             "count_weight=2"))
+    assert not (tmp_path / "plain" / "losses.jsonl").exists()
+    split = parts(tmp_path / "counted")
+    assert [p["step"] for p in split] == list(range(1, 31))
+    # The same start weights and first batch: the answer part is the plain run's loss.
+    assert split[0]["answer"] == pytest.approx(losses(tmp_path / "plain")[0], rel=1e-6)
+    for total, p in zip(losses(tmp_path / "counted"), split):
+        assert total == pytest.approx(p["answer"] + (0 if math.isnan(p["count"]) else 2 * p["count"]), rel=1e-5)
+    count = [p["count"] for p in split if not math.isnan(p["count"])]
+    assert 0 < len(count) < 30
+    assert count[-1] < 0.1 * count[0]
+    assert tensors(counted / "llm").keys() == tensors(plain / "llm").keys()   # the head is not kept
+
+
+def test_instruct_count_weight_without_counts_is_refused(tiny_checkpoint, datasets, tmp_path):
+    from unirs_engine.train.instruct import train_instruct
+
+    with pytest.raises(ConfigError, match="no training image has object counts"):
+        train_instruct(instruct_config(tmp_path / "none", tiny_checkpoint, datasets, "count_weight=1"))
+    with pytest.raises(ConfigError, match="count_weight: must be >= 0"):
+        instruct_config(tmp_path / "neg", tiny_checkpoint, datasets, "count_weight=-1")

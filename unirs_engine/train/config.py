@@ -89,6 +89,7 @@ class InstructConfig(StageConfig):
     drop_change_module: bool = False  # start without the checkpoint's CEM ("without CEM" ablation)
     group_by_modality: bool = False  # batches of images, pairs or videos only: less padding, faster
     cache_vision_features: bool = False  # encode each distinct input once (feature_cache.py): faster, memory
+    count_weight: float = 0.0    # > 0: plus this x the loss of a throw-away head reading images' object counts (synthetic data)
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -98,6 +99,8 @@ class InstructConfig(StageConfig):
         if self.max_length < 16:
             problems.append(f"max_length: must be >= 16, got {self.max_length}")
         problems += _check_frames_and_warmup(self.num_frames, self.warmup_ratio)
+        if self.count_weight < 0:
+            problems.append(f"count_weight: must be >= 0, got {self.count_weight}")
         if self.image_aspect_ratio not in (None, "pad", "resize"):
             problems.append(f"image_aspect_ratio: must be 'pad' or 'resize', got {self.image_aspect_ratio!r}")
         if self.drop_change_module:  # without the CEM, image pairs can only go in as frames

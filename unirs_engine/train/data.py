@@ -18,6 +18,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from .. import prompts
 from ..data import load_samples
+from ..data.synthetic.object_counts import MAX_COUNT, counts_path, read_counts
 from ..errors import UnirsError
 from ..inputs.preprocess import ImagePreprocessor
 from ..inputs.video import read_frame_stack
@@ -97,7 +98,9 @@ class SkippingDataset(Dataset):
 
 class InstructionDataset(SkippingDataset):
     """Items {kind, sample_id, pixel_values (N,3,S,S), input_ids, labels} for the LLM loss; once
-    `cached` is set (feature_cache.py), `feature_key` (the input's key) instead of pixel_values.
+    `cached` is set (feature_cache.py), `feature_key` (the input's key) instead of pixel_values;
+    with `counts`, also `counts`: a single image's object counts (K,) where the synthetic writer
+    left them (data/synthetic/object_counts.py), else None.
 
     `tokens_per_slot` (T) is what one `<image>` becomes after splicing, so `max_length` counts the
     real sequence length; only answer tokens are ever truncated, never a visual slot.
@@ -106,7 +109,7 @@ class InstructionDataset(SkippingDataset):
     def __init__(self, samples: Sequence[Sample], tokenizer, preprocessor: ImagePreprocessor, *,
                  tokens_per_slot: int, max_length: int, num_frames: int,
                  clues: dict[str, str] | None = None, task_tag: bool = True,
-                 all_references: bool = False, pair_as_frames: bool = False,
+                 all_references: bool = False, pair_as_frames: bool = False, counts: bool = False,
                  skip_log: Path | None = None) -> None:
         super().__init__(skip_log)
         if not samples:
@@ -118,6 +121,7 @@ class InstructionDataset(SkippingDataset):
         self.tokenizer, self.preprocessor = tokenizer, preprocessor
         self.tokens_per_slot, self.max_length, self.num_frames = tokens_per_slot, max_length, num_frames
         self.clues, self.task_tag, self.pair_as_frames = clues, task_tag, pair_as_frames
+        self.counts = counts
         self.cached = None  # feature_cache.CachedInputs, set when the tower's features are cached
         if clues is not None:
             missing = [s.sample_id for s in self.samples if s.sample_id not in clues]
@@ -149,7 +153,26 @@ class InstructionDataset(SkippingDataset):
                                        task_tag=self.task_tag)
         ids, labels = prompts.encode(self.tokenizer, message, sample.references[j])
         ids, labels = self._truncate(ids, labels, where)
-        return {"kind": kind, "sample_id": sample.sample_id, **visual, "input_ids": ids, "labels": labels}
+        item = {"kind": kind, "sample_id": sample.sample_id, **visual, "input_ids": ids, "labels": labels}
+        if self.counts:
+            item["counts"] = self.object_counts(sample)
+        return item
+
+    def any_counts(self) -> bool:
+        """Whether any single image of the dataset has object counts."""
+        return any(counts_path(s.images[0]).is_file() for s in self.samples if s.kind is InputKind.IMAGE)
+
+    @staticmethod
+    def object_counts(sample: Sample) -> torch.Tensor | None:
+        """(K,) object counts of a single image, at most MAX_COUNT each; None for other samples
+        and images without counts."""
+        if sample.kind is not InputKind.IMAGE:
+            return None
+        try:
+            counts = read_counts(sample.images[0])
+        except (ValueError, OSError) as exc:
+            raise SampleError(f"{sample_label(sample)}: {exc}") from exc
+        return None if counts is None else torch.from_numpy(counts).clamp(max=MAX_COUNT)
 
     def read_pixels(self, index: int) -> torch.Tensor:
         """(N, 3, S, S): the pictures of item `index` as the model takes them; SampleError if unreadable."""

@@ -29,6 +29,7 @@ from .config import StageConfig
 STATE_PREFIX = "state-"
 PROGRESS_FILE = "progress.json"
 LOG_FILE = "log.jsonl"
+LOSSES_FILE = "losses.jsonl"  # LossParts: a loss's parts; log.jsonl has their weighted sum
 
 
 def make_accelerator(config: StageConfig, find_unused_parameters: bool = False) -> Accelerator:
@@ -177,6 +178,37 @@ def run(config: StageConfig, accelerator: Accelerator, model: torch.nn.Module, o
     return step
 
 
+class LossParts:
+    """loop.run's compute_loss for a model with a loss of several parts: the model's loss; the parts
+    it leaves in its `losses` dict, named in `parts`, go to out/losses.jsonl on the steps log.jsonl
+    logs (mean over the step's micro-batches, as there; NaN for a part no micro-batch had, e.g. no
+    picture with land cover)."""
+
+    def __init__(self, model: torch.nn.Module, accelerator: Accelerator, out: Path, parts: Sequence[str],
+                 log_every: int, last: int, step: int) -> None:
+        self.model, self.accelerator, self.out, self.parts = model, accelerator, out, tuple(parts)
+        self.log_every, self.last, self.step = log_every, last, step   # step: where a resumed run starts
+        self.window: dict[str, list[torch.Tensor]] = {name: [] for name in self.parts}
+
+    def __call__(self, batch: dict[str, list]) -> torch.Tensor:
+        loss = self.model(batch)
+        for name, value in self.accelerator.unwrap_model(self.model).losses.items():
+            self.window[name].append(value)
+        if self.accelerator.sync_gradients:   # this micro-batch ends an optimizer step
+            self.step += 1
+            if self.step % self.log_every == 0 or self.step == self.last:
+                nan = torch.tensor(float("nan"), device=loss.device)
+                # every process reduces the same parts in the same order
+                record = {name: self.accelerator.reduce(torch.stack(values).mean() if values else nan,
+                                                        "mean").item()
+                          for name, values in self.window.items()}
+                if self.accelerator.is_main_process:
+                    with open(self.out / LOSSES_FILE, "a", encoding="utf-8") as f:
+                        f.write(json.dumps({"step": self.step, **record}) + "\n")
+            self.window = {name: [] for name in self.parts}
+        return loss
+
+
 def _log(accelerator: Accelerator, out: Path, record: dict[str, Any]) -> None:
     if accelerator.is_main_process:
         with open(out / LOG_FILE, "a", encoding="utf-8") as f:
@@ -202,6 +234,12 @@ def save_state(accelerator: Accelerator, out: Path, step: int, keep: int) -> Pat
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def resumed_step(resume: str | Path | None) -> int:
+    """The optimizer step a run resumed from state folder `resume` starts at (0 when fresh)."""
+    progress = Path(resume or "") / PROGRESS_FILE
+    return int(json.loads(progress.read_text())["step"]) if resume and progress.is_file() else 0
 
 
 def load_state(accelerator: Accelerator, state_dir: str | Path) -> int:

@@ -38,14 +38,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
 from ..data.synthetic.landcover import CLASSES as LANDCOVER_CLASSES
 from ..data.synthetic.landcover import landcover_path, read_landcover, read_video_landcover
-from ..data.synthetic.object_counts import COUNTED, counts_path, read_counts
+from ..data.synthetic.object_counts import COUNTED, MAX_COUNT, counts_path, read_counts
 from ..inputs.preprocess import ImagePreprocessor
 from ..inputs.video import frame_indexes
 from ..model.checkpoint import default_image_processor
@@ -61,10 +60,8 @@ from .data import (SampleError, SkippingDataset, collate, read_chips, read_spec,
 
 WEIGHTS_FILE = "vision.safetensors"
 INFO_FILE = "vision.json"
-LOSSES_FILE = "losses.jsonl"   # with a land-cover or count head: the loss's parts; log.jsonl has their weighted sum
-LOSS_PARTS = ("classifier", "dense", "count")
+LOSS_PARTS = ("classifier", "dense", "count")  # with a land-cover or count head: loop.LossParts logs them
 DENSE_POSITIVE = 0.1           # held-out AP: a token "has" a class that covers >= 10 % of its area
-MAX_COUNT = 9                  # the count head's classes: 0..MAX_COUNT objects, more counted as MAX_COUNT
 CHECKPOINT_DIR = "checkpoint"
 TOWER_PREFIX, PROJECTOR_PREFIX = "vision_tower.", "mm_projector."
 SINGLE_PREFIX = PROJECTOR_PREFIX + "layers.single."  # always there; layers.change.* with pairs
@@ -340,36 +337,6 @@ class VisionPretrainer(nn.Module):
         return loss
 
 
-class LossParts:
-    """loop.run's compute_loss: the model's loss; its LOSS_PARTS (VisionPretrainer.losses) go to
-    out/losses.jsonl on the steps log.jsonl logs (mean over the step's micro-batches, as there;
-    NaN for a part no micro-batch had, e.g. no picture with land cover)."""
-
-    def __init__(self, model: nn.Module, accelerator: Accelerator, out: Path, log_every: int, last: int,
-                 step: int) -> None:
-        self.model, self.accelerator, self.out = model, accelerator, out
-        self.log_every, self.last, self.step = log_every, last, step   # step: where a resumed run starts
-        self.window: dict[str, list[torch.Tensor]] = {name: [] for name in LOSS_PARTS}
-
-    def __call__(self, batch: dict[str, list]) -> torch.Tensor:
-        loss = self.model(batch)
-        for name, value in self.accelerator.unwrap_model(self.model).losses.items():
-            self.window[name].append(value)
-        if self.accelerator.sync_gradients:   # this micro-batch ends an optimizer step
-            self.step += 1
-            if self.step % self.log_every == 0 or self.step == self.last:
-                nan = torch.tensor(float("nan"), device=loss.device)
-                # every process reduces the same parts in the same order
-                record = {name: self.accelerator.reduce(torch.stack(values).mean() if values else nan,
-                                                        "mean").item()
-                          for name, values in self.window.items()}
-                if self.accelerator.is_main_process:
-                    with open(self.out / LOSSES_FILE, "a", encoding="utf-8") as f:
-                        f.write(json.dumps({"step": self.step, **record}) + "\n")
-            self.window = {name: [] for name in LOSS_PARTS}
-        return loss
-
-
 def vocabularies(samples: Sequence[Sample], min_caption_word_count: int
                  ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
     """Question words, answer classes and caption words (seen >= min_caption_word_count times) of
@@ -490,10 +457,9 @@ def train_vision(config: VisionConfig, resume: str | Path | None = None) -> Path
         save_config(config, out / "train_config.json")
     compute_loss = model
     if dense or counting:
-        progress = Path(resume or "") / loop.PROGRESS_FILE
-        start = json.loads(progress.read_text())["step"] if resume and progress.is_file() else 0
-        compute_loss = LossParts(model, accelerator, out, config.log_every,
-                                 loop.total_steps(config, loader, accelerator.gradient_accumulation_steps), start)
+        compute_loss = loop.LossParts(model, accelerator, out, LOSS_PARTS, config.log_every,
+                                      loop.total_steps(config, loader, accelerator.gradient_accumulation_steps),
+                                      loop.resumed_step(resume))
     loop.run(config, accelerator, model, optimizer, scheduler, loader, compute_loss, params=params,
              resume=resume, desc="vision")
     accelerator.wait_for_everyone()

@@ -18,6 +18,7 @@ from .scene import NOUNS, Scene
 from .sidecar import read_sidecar, sidecar_path, write_sidecar
 
 COUNTED = tuple(NOUNS)
+MAX_COUNT = 9  # count heads' classes: 0..MAX_COUNT objects, more counted as MAX_COUNT
 FOLDER = "counts"
 
 
