@@ -732,6 +732,26 @@ def test_the_count_head_reads_the_state_that_predicts_the_answer():
     assert answer_predictors(labels).tolist() == [2, 0]
 
 
+@pytest.mark.parametrize("count_layer, trained_by_counts", [(-1, [0, 1]), (1, [0])])
+def test_the_count_head_reads_the_layer_asked_for(loaded, covered, count_layer, trained_by_counts):
+    """The count part of the loss reaches the LLM layers up to count_layer and none above it."""
+    import copy
+
+    from unirs_engine.data import load_samples
+    from unirs_engine.train.instruct import MultimodalLoss
+
+    model = copy.deepcopy(loaded.model).float()
+    layers = model.llm.model.layers
+    assert len(layers) == 2                                             # the tiny checkpoint's LLM
+    images = load_samples("rsvqa-lr", covered[0]["root"], split="train")[:4]
+    batch = collate([make_dataset(loaded, images, counts=True)[i] for i in range(4)])
+    step = MultimodalLoss(model, train_vision=False, count_weight=1.0, count_layer=count_layer)
+    count_part = step(batch) - model(batch["input_ids"], [model.visual_slots(model.encode_images(p), InputKind.IMAGE)
+                                                          for p in batch["pixel_values"]], batch["labels"])
+    grads = torch.autograd.grad(count_part, [layer.mlp.down_proj.weight for layer in layers])
+    assert [i for i, g in enumerate(grads) if g.abs().max() > 0] == trained_by_counts
+
+
 def test_instruct_count_head_learns_and_leaves_the_rest_as_before(tiny_checkpoint, covered, datasets, tmp_path):
     from unirs_engine.train.instruct import train_instruct
 
@@ -761,3 +781,8 @@ def test_instruct_count_weight_without_counts_is_refused(tiny_checkpoint, datase
         train_instruct(instruct_config(tmp_path / "none", tiny_checkpoint, datasets, "count_weight=1"))
     with pytest.raises(ConfigError, match="count_weight: must be >= 0"):
         instruct_config(tmp_path / "neg", tiny_checkpoint, datasets, "count_weight=-1")
+    with pytest.raises(ConfigError, match="count_layer: must not be 0"):
+        instruct_config(tmp_path / "zero", tiny_checkpoint, datasets, "count_layer=0")
+    with pytest.raises(ConfigError, match="LLM has 2 layers; expected 1..2 or -2..-1, got 3"):
+        train_instruct(instruct_config(tmp_path / "deep", tiny_checkpoint, datasets, "count_weight=1",
+                                       "count_layer=3"))

@@ -3,10 +3,11 @@ tower, Change Extraction module and projector frozen (and kept in eval mode so t
 statistics stay); the LLM fully fine-tuned with AdamW and a cosine schedule with warmup.
 
 With `count_weight` > 0 (the demo recipe, synthetic images) a throw-away linear head reads every
-object count of the image from the LLM's last hidden state at the position that predicts the
-answer, and its loss joins the answer loss: the comparisons ("more roads than water areas?") need
-the counts gathered exactly there, and one yes/no per question teaches that slowly. The parts go
-to out/losses.jsonl.
+object count of the image from one LLM layer's output (`count_layer`, default the last) at the
+position that predicts the answer, and its loss joins the answer loss: the comparisons ("more roads
+than water areas?") need the counts gathered there, and one yes/no per question teaches that
+slowly. Read below the last layer, the layers above it are left to compare them. The parts go to
+out/losses.jsonl.
 """
 
 from __future__ import annotations
@@ -59,13 +60,15 @@ class MultimodalLoss(nn.Module):
     The whole step sits in one forward so that DDP/DeepSpeed see every trained parameter."""
 
     def __init__(self, model: UniRSModel, train_vision: bool,
-                 features: dict[str, torch.Tensor] | None = None, count_weight: float = 0.0) -> None:
+                 features: dict[str, torch.Tensor] | None = None, count_weight: float = 0.0,
+                 count_layer: int = -1) -> None:
         super().__init__()
         self.model = model
         self.train_vision = train_vision
         self.features = features  # feature_cache.cache_tower_features: {input key: (N, P, D)}
         self.counter = AnswerCountHead(model.llm.config.hidden_size) if count_weight > 0 else None
         self.count_weight = count_weight
+        self.count_layer = count_layer  # index into the LLM's hidden_states (0 = the embeddings)
         self.losses: dict[str, torch.Tensor] = {}
 
     def forward(self, batch: dict[str, list]) -> torch.Tensor:
@@ -80,15 +83,14 @@ class MultimodalLoss(nn.Module):
             # A pair sample is a CEM pair: its prompt has one <image> (pair_as_frames makes it a sequence).
             slots = [self.model.visual_slots(f, kind, CEM_PAIR)                    # (n_slots, T, H)
                      for f, kind in zip(features.split(counts), batch["kind"])]
-        if self.counter is None:
-            return self.model(batch["input_ids"], slots, batch["labels"])
         inputs = self.model.embed(batch["input_ids"], slots, batch["labels"], padding_side="right")
-        counted = [i for i, c in enumerate(batch["counts"]) if c is not None]
+        counted = [i for i, c in enumerate(batch.get("counts", ())) if c is not None] if self.counter else []
         out = self.model.llm(**inputs, output_hidden_states=bool(counted))
         self.losses = {"answer": out.loss.detach()}
         if not counted:
             return out.loss
-        states = out.hidden_states[-1][counted, answer_predictors(inputs["labels"][counted])]  # (M, H)
+        layer = out.hidden_states[self.count_layer]                            # (B, L, H)
+        states = layer[counted, answer_predictors(inputs["labels"][counted])]  # (M, H)
         logits = self.counter(states)                                          # (M, K, MAX_COUNT+1)
         targets = torch.stack([batch["counts"][i] for i in counted]).to(logits.device)  # (M, K)
         count = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
@@ -114,7 +116,7 @@ def vlm_mixture(config: InstructConfig | AlignConfig, model: UniRSModel, tokeniz
 
 def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSModel, tokenizer,
               image_processor, *, train_vision: bool, task_tag: bool, resume: str | Path | None,
-              count_weight: float = 0.0) -> Path:
+              count_weight: float = 0.0, count_layer: int = -1) -> Path:
     """The LLM-loss training both instruct and align run; writes out/checkpoint and returns it."""
     out = loop.prepare_out(config, accelerator)
     dataset = vlm_mixture(config, model, tokenizer, image_processor, task_tag=task_tag,
@@ -129,7 +131,7 @@ def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSMod
     loader = loop.make_loader(dataset, config, collate,
                              groups=modality_groups(dataset) if config.group_by_modality else None)
     step_module, optimizer, scheduler, loader, params = loop.prepare_adamw_cosine(
-        config, accelerator, MultimodalLoss(model, train_vision, features, count_weight), loader)
+        config, accelerator, MultimodalLoss(model, train_vision, features, count_weight, count_layer), loader)
     if accelerator.is_main_process:
         save_config(config, out / "train_config.json")
     compute_loss = step_module
@@ -164,9 +166,14 @@ def train_instruct(config: InstructConfig, resume: str | Path | None = None) -> 
                           f"(run `unirs train cem` on it first)")
     if config.image_aspect_ratio:  # saved with the checkpoint, so inference pads the same way
         model.config["image_aspect_ratio"] = config.image_aspect_ratio
+    layers = model.llm.config.num_hidden_layers
+    if config.count_weight > 0 and not -layers <= config.count_layer <= layers:
+        raise ConfigError(f"count_layer: {config.model}'s LLM has {layers} layers; expected 1..{layers} "
+                          f"or -{layers}..-1, got {config.count_layer}")
     model.freeze(vision=True, projector=True)
     if config.gradient_checkpointing:
         model.llm.config.use_cache = False
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return train_vlm(config, accelerator, model, loaded.tokenizer, loaded.image_processor,
-                     train_vision=False, task_tag=True, resume=resume, count_weight=config.count_weight)
+                     train_vision=False, task_tag=True, resume=resume, count_weight=config.count_weight,
+                     count_layer=config.count_layer)
