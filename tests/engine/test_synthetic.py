@@ -392,6 +392,39 @@ def test_more_comparisons_for_training_are_right_balanced_and_only_of_their_spli
     assert test_images and not test_images & train_images
 
 
+def test_near_tie_comparisons_compare_kinds_within_max_gap_where_the_image_has_them(bench):
+    import itertools
+
+    from unirs_engine.data.synthetic.object_counts import COUNTED, read_counts
+    from unirs_engine.data.synthetic.questions import COMPARE
+    from unirs_engine.data.synthetic.scene import NOUNS
+
+    def asked(question):  # (form, kind a, kind b) of a comparison
+        return next((form, a, b) for form, (a, b) in itertools.product(COMPARE, itertools.permutations(NOUNS, 2))
+                    if question == COMPARE[form].format(a=NOUNS[a][1], b=NOUNS[b][1]))
+
+    root = bench / "rsvqa"
+    train_images = {s.images[0] for s in load_samples("rsvqa-lr", root, split="train")}
+    near = {}
+    for max_gap in (None, 1):
+        extra = load_samples("synthetic-comparisons", root, split="train", per_image=6, max_gap=max_gap)
+        gaps = []
+        for sample, question in zip(extra, _questions_answered_from_counts(extra, "comp", train_images)):
+            count = dict(zip(COUNTED, read_counts(sample.images[0]).tolist()))
+            form, a, b = asked(question)
+            gaps.append(abs(count[a] - count[b]))
+            if max_gap is not None and gaps[-1] > max_gap:
+                # only where no pair of kinds within the gap asks the same form with the same answer
+                alike = [x for x, y in itertools.permutations(NOUNS, 2) if abs(count[x] - count[y]) <= max_gap
+                         and _answer_from_counts(COMPARE[form].format(a=NOUNS[x][1], b=NOUNS[y][1]), count)
+                         == sample.references[0]]
+                assert not alike, (question, count)
+        near[max_gap] = sum(g <= 1 for g in gaps) / len(gaps)
+    assert near[1] >= 0.9 and near[1] > near[None], near
+    with pytest.raises(ValueError, match="max_gap must be >= 0"):
+        load_samples("synthetic-comparisons", root, split="train", max_gap=-1)
+
+
 def test_more_comparisons_refuse_images_without_counts(bench, tmp_path):
     import shutil
 

@@ -4,7 +4,9 @@ Comparisons (task "synthetic-comparisons"): the writer asks two per image (one "
 any form), so "equal" questions answered "yes" are about one in ten, too few for the LLM to learn
 to compare two counts. read_comparison_questions asks `per_image` more about every image of a
 split of the synthetic RSVQA benchmark, from its counts/<stem>.npy and with the writer's
-templates, balanced over the forms "more", "less" and "equal" and their answers.
+templates, balanced over the forms "more", "less" and "equal" and their answers. With `max_gap` 1
+they compare kinds whose counts differ by at most one where the image has such: the near ties are
+the comparisons the demo model gets wrong (docs/training.md), the others it answers right.
 
 Counts (task "synthetic-counts"): the writer asks one "How many ...?" per image, half of them about
 buildings, so the LLM reads the other kinds' numbers less exactly than the vision tower's count head
@@ -34,16 +36,19 @@ _TURNS = tuple((form, yes) for yes in (True, False) for form in COMPARE)
 
 
 def read_comparison_questions(root: str | Path, split: str = "train", *, on_error: str = "raise",
-                              per_image: int = 4, seed: int = 0) -> list[Sample]:
+                              per_image: int = 4, seed: int = 0, max_gap: int | None = None) -> list[Sample]:
     """`per_image` comparison Samples per image of `split` (RSVQA-LR layout under `root`), in
-    the form of read_rsvqa's; an image's questions depend on `seed` and its id only."""
+    the form of read_rsvqa's; an image's questions depend on `seed` and its id only. `max_gap`:
+    compare kinds whose counts differ by at most that many, where the image has such a pair."""
+    if max_gap is not None and max_gap < 0:
+        raise ValueError(f"max_gap must be >= 0, got {max_gap}")
     samples = []
     for n, record_id, image, counts in _counted_images(root, split, on_error, per_image):
         rng = np.random.default_rng([seed, int(record_id)])
         for k in range(per_image):
             form, yes = _TURNS[(n * per_image + k) % len(_TURNS)]
             samples.append(_sample(f"counts-{record_id}-{k}", image, record_id, split,
-                                   *comparison(counts, rng, yes, forms=(form,))))
+                                   *comparison(counts, rng, yes, forms=(form,), max_gap=max_gap)))
     return samples
 
 

@@ -47,16 +47,19 @@ def _comparison(scene: Scene, rng: np.random.Generator, want_yes: bool) -> tuple
 
 
 def comparison(counts: Mapping[str, int], rng: np.random.Generator, want_yes: bool,
-               forms: Sequence[str] = tuple(COMPARE)) -> tuple[str, str, str]:
+               forms: Sequence[str] = tuple(COMPARE), max_gap: int | None = None) -> tuple[str, str, str]:
     """A ("comp", question, answer) comparing two kinds of NOUNS by their `counts`, of one of `forms`
-    ("more", "less", "equal"), answered "yes" when `want_yes` and some pair of kinds allows it."""
+    ("more", "less", "equal"), answered "yes" when `want_yes` and some pair of kinds allows it;
+    with `max_gap`, of two kinds whose counts differ by at most that where the image has such."""
     options = []
     for (a, b), how in itertools.product(itertools.permutations(NOUNS, 2), forms):
         na, nb = counts[a], counts[b]
         yes = na > nb if how == "more" else na < nb if how == "less" else na == nb
-        options.append((yes, a, b, how))
+        options.append((yes, abs(na - nb), a, b, how))
     matching = [o for o in options if o[0] == want_yes] or options
-    yes, a, b, how = matching[int(rng.integers(len(matching)))]
+    if max_gap is not None:
+        matching = [o for o in matching if o[1] <= max_gap] or matching
+    yes, _, a, b, how = matching[int(rng.integers(len(matching)))]
     return "comp", COMPARE[how].format(a=NOUNS[a][1], b=NOUNS[b][1]), "yes" if yes else "no"
 
 
