@@ -5,8 +5,8 @@ any form), so "equal" questions answered "yes" are about one in ten, too few for
 to compare two counts. read_comparison_questions asks `per_image` more about every image of a
 split of the synthetic RSVQA benchmark, from its counts/<stem>.npy and with the writer's
 templates, balanced over the forms "more", "less" and "equal" and their answers. With `max_gap` 1
-they compare kinds whose counts differ by at most one where the image has such: the near ties are
-the comparisons the demo model gets wrong (docs/training.md), the others it answers right.
+they compare kinds whose counts differ by at most one where the image has such: the near ties,
+which the demo model gets wrong. Asking only those did not help it (recipe G, docs/training.md).
 
 Counts (task "synthetic-counts"): the writer asks one "How many ...?" per image, half of them about
 buildings, so the LLM reads the other kinds' numbers less exactly than the vision tower's count head
