@@ -719,7 +719,6 @@ def test_instruction_items_carry_a_single_images_object_counts(loaded, covered, 
     assert dataset[1]["counts"] is None                                 # no counts written
     assert dataset[2]["counts"].tolist() == [int(k == water) for k in range(len(COUNTED))]
     assert dataset[4]["counts"] is None                                 # a pair: its dates' counts differ
-    assert dataset[0]["noun_offsets"] and dataset[1]["noun_offsets"] == dataset[4]["noun_offsets"] == []
     assert dataset.any_counts() and not make_dataset(loaded, pairs, counts=True).any_counts()
     assert "counts" not in make_dataset(loaded, images)[0]
 
@@ -733,10 +732,9 @@ def test_the_count_head_reads_the_state_that_predicts_the_answer():
     assert answer_predictors(labels).tolist() == [2, 0]
 
 
-@pytest.mark.parametrize("head, layer, trained_by_counts",
-                         [("count", -1, [0, 1]), ("count", 1, [0]), ("noun_count", -1, [0, 1]), ("noun_count", 1, [0])])
-def test_the_count_heads_read_the_layer_asked_for(loaded, covered, head, layer, trained_by_counts):
-    """A count head's part of the loss reaches the LLM layers up to its layer and none above it."""
+@pytest.mark.parametrize("count_layer, trained_by_counts", [(-1, [0, 1]), (1, [0])])
+def test_the_count_head_reads_the_layer_asked_for(loaded, covered, count_layer, trained_by_counts):
+    """The count part of the loss reaches the LLM layers up to count_layer and none above it."""
     import copy
 
     from unirs_engine.data import load_samples
@@ -747,8 +745,7 @@ def test_the_count_heads_read_the_layer_asked_for(loaded, covered, head, layer, 
     assert len(layers) == 2                                             # the tiny checkpoint's LLM
     images = load_samples("rsvqa-lr", covered[0]["root"], split="train")[:4]
     batch = collate([make_dataset(loaded, images, counts=True)[i] for i in range(4)])
-    assert all(batch["noun_offsets"])                                   # "Is there a water area?"
-    step = MultimodalLoss(model, train_vision=False, **{f"{head}_weight": 1.0, f"{head}_layer": layer})
+    step = MultimodalLoss(model, train_vision=False, count_weight=1.0, count_layer=count_layer)
     count_part = step(batch) - model(batch["input_ids"], [model.visual_slots(model.encode_images(p), InputKind.IMAGE)
                                                           for p in batch["pixel_values"]], batch["labels"])
     grads = torch.autograd.grad(count_part, [layer.mlp.down_proj.weight for layer in layers])
@@ -763,56 +760,18 @@ def test_instruct_count_head_learns_and_leaves_the_rest_as_before(tiny_checkpoin
             "group_by_modality=true")
     plain = train_instruct(instruct_config(tmp_path / "plain", tiny_checkpoint, datasets, *args))
     counted = train_instruct(instruct_config(tmp_path / "counted", tiny_checkpoint, datasets, *args,
-                                             "count_weight=2", "noun_count_weight=1", "noun_count_layer=1"))
+                                             "count_weight=2"))
     assert not (tmp_path / "plain" / "losses.jsonl").exists()
     split = parts(tmp_path / "counted")
     assert [p["step"] for p in split] == list(range(1, 31))
     # The same start weights and first batch: the answer part is the plain run's loss.
     assert split[0]["answer"] == pytest.approx(losses(tmp_path / "plain")[0], rel=1e-6)
     for total, p in zip(losses(tmp_path / "counted"), split):
-        counting = 0 if math.isnan(p["count"]) else 2 * p["count"] + p["noun_count"]
-        assert total == pytest.approx(p["answer"] + counting, rel=1e-5)
-    count, noun_count = ([p[part] for p in split if not math.isnan(p[part])] for part in ("count", "noun_count"))
-    assert 0 < len(count) == len(noun_count) < 30                       # every image names water
+        assert total == pytest.approx(p["answer"] + (0 if math.isnan(p["count"]) else 2 * p["count"]), rel=1e-5)
+    count = [p["count"] for p in split if not math.isnan(p["count"])]
+    assert 0 < len(count) < 30
     assert count[-1] < 0.1 * count[0]
-    # only water is named: down to its prior (ln 2, half the images have one) in 15 counted steps
-    assert noun_count[-1] < 0.4 * noun_count[0]
     assert tensors(counted / "llm").keys() == tensors(plain / "llm").keys()   # the head is not kept
-
-
-def test_noun_offsets_find_each_counted_kinds_name_in_the_spliced_sequence(loaded, covered):
-    """Each offset, taken back from the answer's predictor in the spliced sequence, lands on the
-    token that ends a name of its kind."""
-    import dataclasses
-
-    from unirs_engine.data import load_samples
-    from unirs_engine.data.synthetic.object_counts import COUNTED
-    from unirs_engine.data.synthetic.scene import NOUNS
-    from unirs_engine.train.instruct import answer_predictors
-
-    image = load_samples("rsvqa-lr", covered[0]["root"], split="train")[0]
-    questions = {"Are there more groups of trees than bare areas?": ["trees", "bare"],
-                 "Is the number of water areas equal to the number of roads?": ["water", "road"],
-                 "Is there a water area?": ["water"], "Is it a rural or an urban area?": []}
-    samples = [dataclasses.replace(image, instruction=prompts.question_instruction(q)) for q in questions]
-    batch = collate([make_dataset(loaded, samples, counts=True)[i] for i in range(len(samples))])
-    model = loaded.model
-    inputs = model.embed(batch["input_ids"], [model.visual_slots(model.encode_images(p), InputKind.IMAGE)
-                                              for p in batch["pixel_values"]], batch["labels"], padding_side="right")
-    predictors = answer_predictors(inputs["labels"])                          # (B,)
-    table = model.llm.get_input_embeddings().weight
-    for row, kinds in enumerate(questions.values()):
-        offsets = batch["noun_offsets"][row]
-        assert [COUNTED[k] for _, k in offsets] == kinds
-        ids = batch["input_ids"][row]
-        prompt = ids[:batch["labels"][row].count(prompts.IGNORE_INDEX)]
-        for offset, kind in offsets:
-            end = len(prompt) - 1 - offset
-            said = loaded.tokenizer.decode(prompt[prompt.index(prompts.IMAGE_TOKEN_INDEX) + 1:end + 1])
-            assert said.endswith(NOUNS[COUNTED[kind]]), said
-            assert torch.equal(inputs["inputs_embeds"][row, predictors[row] - offset], table[prompt[end]])
-    without = make_dataset(loaded, samples[:1])[0]
-    assert "noun_offsets" not in without and "counts" not in without
 
 
 def test_instruct_count_weight_without_counts_is_refused(tiny_checkpoint, datasets, tmp_path):
@@ -827,10 +786,3 @@ def test_instruct_count_weight_without_counts_is_refused(tiny_checkpoint, datase
     with pytest.raises(ConfigError, match="LLM has 2 layers; expected 1..2 or -2..-1, got 3"):
         train_instruct(instruct_config(tmp_path / "deep", tiny_checkpoint, datasets, "count_weight=1",
                                        "count_layer=3"))
-    with pytest.raises(ConfigError, match="noun_count_weight: no training image has object counts"):
-        train_instruct(instruct_config(tmp_path / "noun", tiny_checkpoint, datasets, "noun_count_weight=1"))
-    with pytest.raises(ConfigError, match="noun_count_layer: must not be 0"):
-        instruct_config(tmp_path / "zero", tiny_checkpoint, datasets, "noun_count_layer=0")
-    with pytest.raises(ConfigError, match="noun_count_layer: .* got -3"):
-        train_instruct(instruct_config(tmp_path / "deep", tiny_checkpoint, datasets, "noun_count_weight=1",
-                                       "noun_count_layer=-3"))

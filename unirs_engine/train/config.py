@@ -91,8 +91,6 @@ class InstructConfig(StageConfig):
     cache_vision_features: bool = False  # encode each distinct input once (feature_cache.py): faster, memory
     count_weight: float = 0.0    # > 0: plus this x the loss of a throw-away head reading images' object counts (synthetic data)
     count_layer: int = -1        # the LLM layer whose output the count head reads (1 = first; -1 = last, normed)
-    noun_count_weight: float = 0.0  # > 0: plus this x the loss of a throw-away head reading, where a counted kind is named, its count
-    noun_count_layer: int = 2    # the LLM layer that head reads: low enough that the layers above can compare
 
     def check(self) -> list[str]:
         problems = super().check()
@@ -102,11 +100,10 @@ class InstructConfig(StageConfig):
         if self.max_length < 16:
             problems.append(f"max_length: must be >= 16, got {self.max_length}")
         problems += _check_frames_and_warmup(self.num_frames, self.warmup_ratio)
-        for weight, layer in (("count_weight", "count_layer"), ("noun_count_weight", "noun_count_layer")):
-            if getattr(self, weight) < 0:
-                problems.append(f"{weight}: must be >= 0, got {getattr(self, weight)}")
-            if getattr(self, layer) == 0:  # hidden_states[0] is the embeddings: nothing read from the picture yet
-                problems.append(f"{layer}: must not be 0 (the embeddings); 1 is the first layer's output, -1 the last")
+        if self.count_weight < 0:
+            problems.append(f"count_weight: must be >= 0, got {self.count_weight}")
+        if self.count_layer == 0:  # hidden_states[0] is the embeddings: nothing read from the picture yet
+            problems.append("count_layer: must not be 0 (the embeddings); 1 is the first layer's output, -1 the last")
         if self.image_aspect_ratio not in (None, "pad", "resize"):
             problems.append(f"image_aspect_ratio: must be 'pad' or 'resize', got {self.image_aspect_ratio!r}")
         if self.drop_change_module:  # without the CEM, image pairs can only go in as frames

@@ -24,7 +24,6 @@ from ..inputs.preprocess import ImagePreprocessor
 from ..inputs.video import read_frame_stack
 from ..stages import read_inputs
 from ..types import Chip, InputKind, Sample
-from .noun_counts import kind_phrases, noun_offsets
 
 
 class SampleError(UnirsError, ValueError):
@@ -101,8 +100,7 @@ class InstructionDataset(SkippingDataset):
     """Items {kind, sample_id, pixel_values (N,3,S,S), input_ids, labels} for the LLM loss; once
     `cached` is set (feature_cache.py), `feature_key` (the input's key) instead of pixel_values;
     with `counts`, also `counts`: a single image's object counts (K,) where the synthetic writer
-    left them (data/synthetic/object_counts.py), else None; and `noun_offsets`: where the
-    instruction names a counted kind, as noun_counts.noun_offsets gives them (none without counts).
+    left them (data/synthetic/object_counts.py), else None.
 
     `tokens_per_slot` (T) is what one `<image>` becomes after splicing, so `max_length` counts the
     real sequence length; only answer tokens are ever truncated, never a visual slot.
@@ -124,7 +122,6 @@ class InstructionDataset(SkippingDataset):
         self.tokens_per_slot, self.max_length, self.num_frames = tokens_per_slot, max_length, num_frames
         self.clues, self.task_tag, self.pair_as_frames = clues, task_tag, pair_as_frames
         self.counts = counts
-        self.phrases = kind_phrases(tokenizer) if counts else []
         self.cached = None  # feature_cache.CachedInputs, set when the tower's features are cached
         if clues is not None:
             missing = [s.sample_id for s in self.samples if s.sample_id not in clues]
@@ -159,8 +156,6 @@ class InstructionDataset(SkippingDataset):
         item = {"kind": kind, "sample_id": sample.sample_id, **visual, "input_ids": ids, "labels": labels}
         if self.counts:
             item["counts"] = self.object_counts(sample)
-            prompt = ids[:labels.count(prompts.IGNORE_INDEX)]  # the answer follows the prompt
-            item["noun_offsets"] = noun_offsets(prompt, self.phrases) if item["counts"] is not None else []
         return item
 
     def any_counts(self) -> bool:

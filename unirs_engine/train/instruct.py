@@ -6,11 +6,8 @@ With `count_weight` > 0 (the demo recipe, synthetic images) a throw-away linear 
 object count of the image from one LLM layer's output (`count_layer`, default the last) at the
 position that predicts the answer, and its loss joins the answer loss: the comparisons ("more roads
 than water areas?") need the counts gathered there, and one yes/no per question teaches that
-slowly. Read below the last layer, the layers above it are left to compare them.
-
-With `noun_count_weight` > 0 a second throw-away head reads, at each token that ends a counted
-kind's name in the instruction (noun_counts.py), that kind's count from layer `noun_count_layer`:
-the two counts a comparison needs, each where its kind is named. The parts go to out/losses.jsonl.
+slowly. Read below the last layer, the layers above it are left to compare them. The parts go to
+out/losses.jsonl.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ from .data import build_mixture, collate, instruction_dataset, modality_groups
 from .feature_cache import cache_tower_features
 
 CHECKPOINT_DIR = "checkpoint"
-LOSS_PARTS = ("answer", "count", "noun_count")  # with a count head: loop.LossParts logs them
+LOSS_PARTS = ("answer", "count")  # with a count head: loop.LossParts logs them
 
 
 class AnswerCountHead(nn.Module):
@@ -64,17 +61,14 @@ class MultimodalLoss(nn.Module):
 
     def __init__(self, model: UniRSModel, train_vision: bool,
                  features: dict[str, torch.Tensor] | None = None, count_weight: float = 0.0,
-                 count_layer: int = -1, noun_count_weight: float = 0.0, noun_count_layer: int = 2) -> None:
+                 count_layer: int = -1) -> None:
         super().__init__()
         self.model = model
         self.train_vision = train_vision
         self.features = features  # feature_cache.cache_tower_features: {input key: (N, P, D)}
-        hidden = model.llm.config.hidden_size
-        self.counter = AnswerCountHead(hidden) if count_weight > 0 else None
-        self.noun_counter = AnswerCountHead(hidden) if noun_count_weight > 0 else None
-        self.count_weight, self.noun_count_weight = count_weight, noun_count_weight
-        # indices into the LLM's hidden_states (0 = the embeddings)
-        self.count_layer, self.noun_count_layer = count_layer, noun_count_layer
+        self.counter = AnswerCountHead(model.llm.config.hidden_size) if count_weight > 0 else None
+        self.count_weight = count_weight
+        self.count_layer = count_layer  # index into the LLM's hidden_states (0 = the embeddings)
         self.losses: dict[str, torch.Tensor] = {}
 
     def forward(self, batch: dict[str, list]) -> torch.Tensor:
@@ -90,30 +84,18 @@ class MultimodalLoss(nn.Module):
             slots = [self.model.visual_slots(f, kind, CEM_PAIR)                    # (n_slots, T, H)
                      for f, kind in zip(features.split(counts), batch["kind"])]
         inputs = self.model.embed(batch["input_ids"], slots, batch["labels"], padding_side="right")
-        counted = [i for i, c in enumerate(batch.get("counts", ())) if c is not None]
-        named = [(i, offset, kind) for i in counted for offset, kind in batch["noun_offsets"][i]]
-        counted = counted if self.counter else []
-        named = named if self.noun_counter else []
-        out = self.model.llm(**inputs, output_hidden_states=bool(counted or named))
+        counted = [i for i, c in enumerate(batch.get("counts", ())) if c is not None] if self.counter else []
+        out = self.model.llm(**inputs, output_hidden_states=bool(counted))
         self.losses = {"answer": out.loss.detach()}
-        loss = out.loss
-        predictors = answer_predictors(inputs["labels"])                       # (B,)
-        if counted:
-            states = out.hidden_states[self.count_layer][counted, predictors[counted]]  # (M, H)
-            logits = self.counter(states)                                      # (M, K, MAX_COUNT+1)
-            targets = torch.stack([batch["counts"][i] for i in counted]).to(logits.device)  # (M, K)
-            count = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-            self.losses["count"] = count.detach()
-            loss = loss + self.count_weight * count
-        if named:
-            rows, offsets, kinds = (torch.tensor(column) for column in zip(*named))  # (M,) each
-            states = out.hidden_states[self.noun_count_layer][rows, predictors[rows] - offsets]  # (M, H)
-            logits = self.noun_counter(states)[torch.arange(len(named)), kinds]  # (M, MAX_COUNT+1)
-            targets = torch.stack([batch["counts"][i][k] for i, _, k in named]).to(logits.device)  # (M,)
-            noun_count = nn.functional.cross_entropy(logits, targets)
-            self.losses["noun_count"] = noun_count.detach()
-            loss = loss + self.noun_count_weight * noun_count
-        return loss
+        if not counted:
+            return out.loss
+        layer = out.hidden_states[self.count_layer]                            # (B, L, H)
+        states = layer[counted, answer_predictors(inputs["labels"][counted])]  # (M, H)
+        logits = self.counter(states)                                          # (M, K, MAX_COUNT+1)
+        targets = torch.stack([batch["counts"][i] for i in counted]).to(logits.device)  # (M, K)
+        count = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        self.losses["count"] = count.detach()
+        return out.loss + self.count_weight * count
 
 
 def tokens_per_slot(model: UniRSModel) -> int:
@@ -134,16 +116,13 @@ def vlm_mixture(config: InstructConfig | AlignConfig, model: UniRSModel, tokeniz
 
 def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSModel, tokenizer,
               image_processor, *, train_vision: bool, task_tag: bool, resume: str | Path | None,
-              count_weight: float = 0.0, count_layer: int = -1, noun_count_weight: float = 0.0,
-              noun_count_layer: int = 2) -> Path:
+              count_weight: float = 0.0, count_layer: int = -1) -> Path:
     """The LLM-loss training both instruct and align run; writes out/checkpoint and returns it."""
     out = loop.prepare_out(config, accelerator)
-    counting = count_weight > 0 or noun_count_weight > 0
     dataset = vlm_mixture(config, model, tokenizer, image_processor, task_tag=task_tag,
-                          counts=counting, skip_log=out / "skipped.jsonl")
-    if counting and not any(part.any_counts() for part in dataset.datasets):
-        name = "count_weight" if count_weight > 0 else "noun_count_weight"
-        raise ConfigError(f"{name}: no training image has object counts (counts/ beside the images, "
+                          counts=count_weight > 0, skip_log=out / "skipped.jsonl")
+    if count_weight > 0 and not any(part.any_counts() for part in dataset.datasets):
+        raise ConfigError("count_weight: no training image has object counts (counts/ beside the images, "
                           "written by `unirs synth`)")
     features = None
     if config.cache_vision_features:  # the config refuses it with a tower in training
@@ -152,12 +131,11 @@ def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSMod
     loader = loop.make_loader(dataset, config, collate,
                              groups=modality_groups(dataset) if config.group_by_modality else None)
     step_module, optimizer, scheduler, loader, params = loop.prepare_adamw_cosine(
-        config, accelerator, MultimodalLoss(
-        model, train_vision, features, count_weight, count_layer, noun_count_weight, noun_count_layer), loader)
+        config, accelerator, MultimodalLoss(model, train_vision, features, count_weight, count_layer), loader)
     if accelerator.is_main_process:
         save_config(config, out / "train_config.json")
     compute_loss = step_module
-    if counting:
+    if count_weight > 0:
         compute_loss = loop.LossParts(step_module, accelerator, out, LOSS_PARTS, config.log_every,
                                       loop.total_steps(config, loader, accelerator.gradient_accumulation_steps),
                                       loop.resumed_step(resume))
@@ -175,9 +153,8 @@ def train_vlm(config: InstructConfig | AlignConfig, accelerator, model: UniRSMod
 
 def train_instruct(config: InstructConfig, resume: str | Path | None = None) -> Path:
     """Run the stage; returns the fine-tuned checkpoint folder (out/checkpoint)."""
-    # a batch without an image with counts leaves the count heads without gradient
-    counting = config.count_weight > 0 or config.noun_count_weight > 0
-    accelerator = loop.make_accelerator(config, find_unused_parameters=counting)
+    # a batch without an image with counts leaves the count head without gradient
+    accelerator = loop.make_accelerator(config, find_unused_parameters=config.count_weight > 0)
     loaded = load_checkpoint(config.model, device="cpu", dtype=torch.float32)
     model = loaded.model
     model.config.pop("_name_or_path", None)  # a new model, named after the folder it is saved in
@@ -190,15 +167,13 @@ def train_instruct(config: InstructConfig, resume: str | Path | None = None) -> 
     if config.image_aspect_ratio:  # saved with the checkpoint, so inference pads the same way
         model.config["image_aspect_ratio"] = config.image_aspect_ratio
     layers = model.llm.config.num_hidden_layers
-    for weight, name in (("count_weight", "count_layer"), ("noun_count_weight", "noun_count_layer")):
-        if getattr(config, weight) > 0 and not -layers <= getattr(config, name) <= layers:
-            raise ConfigError(f"{name}: {config.model}'s LLM has {layers} layers; expected 1..{layers} "
-                              f"or -{layers}..-1, got {getattr(config, name)}")
+    if config.count_weight > 0 and not -layers <= config.count_layer <= layers:
+        raise ConfigError(f"count_layer: {config.model}'s LLM has {layers} layers; expected 1..{layers} "
+                          f"or -{layers}..-1, got {config.count_layer}")
     model.freeze(vision=True, projector=True)
     if config.gradient_checkpointing:
         model.llm.config.use_cache = False
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return train_vlm(config, accelerator, model, loaded.tokenizer, loaded.image_processor,
                      train_vision=False, task_tag=True, resume=resume, count_weight=config.count_weight,
-                     count_layer=config.count_layer, noun_count_weight=config.noun_count_weight,
-                     noun_count_layer=config.noun_count_layer)
+                     count_layer=config.count_layer)
