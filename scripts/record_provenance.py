@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-STAGES = ("vision", "align", "cem", "instruct", "change-score")
+STAGES = ("vision", "align", "cem", "instruct", "refine", "change-score")
 
 
 def seconds_of(folder: Path) -> int | None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo model recipe: synthetic benchmark (+ more videos) -> vision -> align -> cem -> instruct
-# -> change-score head -> threshold -> eval, then models/demo. Every stage resumes from its newest
-# state-<step> when rerun after a kill.
+# -> refine (comparisons) -> change-score head -> threshold -> eval, then models/demo. Every stage
+# resumes from its newest state-<step> when rerun after a kill.
 #
 #   scripts/train_demo.sh          full size (CPU, see docs/training.md for times); writes models/demo
 #   scripts/train_demo.sh smoke    toy size, a few minutes, checks the chain; models/demo untouched
@@ -50,9 +50,9 @@ resume_args() {
   [[ -n "$latest" ]] && echo "--resume $latest" || true
 }
 
-stage() {  # stage NAME CONFIG OUT [--set ...]: skipped when OUT/checkpoint exists
-  local name=$1 config=$2 out=$3
-  shift 3
+stage() {  # stage NAME TRAINER CONFIG OUT [--set ...]: skipped when OUT/checkpoint exists
+  local name=$1 trainer=$2 config=$3 out=$4
+  shift 4
   if [[ -d "$out/checkpoint" ]]; then
     echo "== $name: $out/checkpoint exists, skipping"
     return
@@ -61,7 +61,7 @@ stage() {  # stage NAME CONFIG OUT [--set ...]: skipped when OUT/checkpoint exis
   local started=$SECONDS before
   before=$(cat "$out/seconds" 2>/dev/null || echo 0)  # a resumed stage adds to its earlier runs
   # shellcheck disable=SC2046
-  train "$name" --config "$config" --set "out=$out" --set "seed=$SEED" "$@" "${LIMITS[@]}" \
+  train "$trainer" --config "$config" --set "out=$out" --set "seed=$SEED" "$@" "${LIMITS[@]}" \
     $(resume_args "$out")
   echo $((before + SECONDS - started)) > "$out/seconds"
 }
@@ -83,22 +83,25 @@ fi
 
 ALIGN_VISION=()
 if [[ "$VISION" == 1 ]]; then
-  stage vision configs/demo-vision.json "$RUN/vision" \
+  stage vision vision configs/demo-vision.json "$RUN/vision" \
     --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/era" --set "data.2.root=$DATA/levircc"
   ALIGN_VISION=(--set "vision_init=$RUN/vision/checkpoint" --set train_vision=false)
 fi
-stage align configs/demo-align.json "$RUN/align" "${ALIGN_VISION[@]}" \
+stage align align configs/demo-align.json "$RUN/align" "${ALIGN_VISION[@]}" \
   --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/era" \
   --set "tokenizer_data.0.root=$DATA/levircc"
-stage cem configs/demo-cem.json "$RUN/cem" \
+stage cem cem configs/demo-cem.json "$RUN/cem" \
   --set "model=$RUN/align/checkpoint" --set "data.root=$DATA/levircc"
-stage instruct configs/demo-instruct.json "$RUN/instruct" \
+stage instruct instruct configs/demo-instruct.json "$RUN/instruct" \
   --set "model=$RUN/cem/checkpoint" --set "data.0.root=$DATA/rsvqa" \
   --set "data.1.root=$DATA/levircc" --set "data.2.root=$DATA/era" --set "data.3.root=$DATA/rsvqa" \
   --set "data.4.root=$DATA/rsvqa" --set "data.5.root=$DATA/more-videos/era"
-# The review's change score: a small head on the frozen tower (a copy of instruct's checkpoint + change_score/).
-stage change-score configs/demo-change-score.json "$RUN/change-score" \
-  --set "model=$RUN/instruct/checkpoint" --set "data.root=$DATA/levircc"
+# The comparisons, trained once more with the change captions beside them (an instruct pass).
+stage refine instruct configs/demo-refine.json "$RUN/refine" \
+  --set "model=$RUN/instruct/checkpoint" --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/levircc"
+# The review's change score: a small head on the frozen tower (a copy of refine's checkpoint + change_score/).
+stage change-score change-score configs/demo-change-score.json "$RUN/change-score" \
+  --set "model=$RUN/refine/checkpoint" --set "data.root=$DATA/levircc"
 FINAL="$RUN/change-score/checkpoint"
 
 echo "== provenance"  # the model id answers and features carry, then commit, seed, data sizes, stage times
