@@ -22,7 +22,7 @@ def test_the_checkpoint_gets_its_model_id_and_where_it_came_from(tiny_checkpoint
     manifest = write_benchmark(run / "data", seed=3, n_images=4, n_pairs=4, n_videos=2, size=64,
                                progress=False)
     (run / "data" / "seconds").write_text("2\n")
-    for stage, seconds in (("vision", 30), ("align", 40), ("cem", 5), ("instruct", 50)):
+    for stage, seconds in (("vision", 30), ("align", 40), ("cem", 5), ("instruct", 50), ("refine", 12)):
         (run / stage).mkdir()
         (run / stage / "seconds").write_text(f"{seconds}\n")   # change-score not recorded: null
 
@@ -36,8 +36,8 @@ def test_the_checkpoint_gets_its_model_id_and_where_it_came_from(tiny_checkpoint
     assert record["synth"] == "unirs synth --seed 3 --images 4 --pairs 4"
     assert record["data_counts"] == manifest["counts"] and sum(record["data_counts"]["levircc"]["pairs"].values()) == 4
     assert record["stage_seconds"] == {"synth": 2, "vision": 30, "align": 40, "cem": 5, "instruct": 50,
-                                       "change-score": None}
-    assert record["total_seconds"] == 127 and record["device"].startswith("cpu")
+                                       "refine": 12, "change-score": None}
+    assert record["total_seconds"] == 139 and record["device"].startswith("cpu")
     assert "more_videos" not in record
 
 
