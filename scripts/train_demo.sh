@@ -96,10 +96,10 @@ stage instruct instruct configs/demo-instruct.json "$RUN/instruct" \
   --set "model=$RUN/cem/checkpoint" --set "data.0.root=$DATA/rsvqa" \
   --set "data.1.root=$DATA/levircc" --set "data.2.root=$DATA/era" --set "data.3.root=$DATA/rsvqa" \
   --set "data.4.root=$DATA/rsvqa" --set "data.5.root=$DATA/more-videos/era"
-# The comparisons, trained once more with the change captions and the videos beside them (an instruct pass).
+# The comparisons, trained once more with the benchmark questions, the change captions and the videos beside them (an instruct pass).
 stage refine instruct configs/demo-refine.json "$RUN/refine" \
   --set "model=$RUN/instruct/checkpoint" --set "data.0.root=$DATA/rsvqa" --set "data.1.root=$DATA/levircc" \
-  --set "data.2.root=$DATA/era" --set "data.3.root=$DATA/more-videos/era"
+  --set "data.2.root=$DATA/era" --set "data.3.root=$DATA/more-videos/era" --set "data.4.root=$DATA/rsvqa"
 # The review's change score: a small head on the frozen tower (a copy of refine's checkpoint + change_score/).
 stage change-score change-score configs/demo-change-score.json "$RUN/change-score" \
   --set "model=$RUN/refine/checkpoint" --set "data.root=$DATA/levircc"
